@@ -1,0 +1,62 @@
+"""Conv and ConvTranspose: weights, bias, and the ``group`` attribute (depthwise, ResNeXt).
+
+With ``group == 1`` the input channels are contracted against weight axis 1 (Conv) or 0
+(ConvTranspose). With ``group > 1`` (Conv only) a unit is a whole conv group: the input and
+output channels of group k are one unit (a virtual dim of size ``group`` ties them), and
+``group`` is re-folded to the number of groups kept. Depthwise is the case of one input
+channel per group.
+"""
+
+from __future__ import annotations
+
+from ..context import Unsupported
+from .registry import OpRule, register
+
+
+def _link_conv(ctx, w_out_axis: int, w_in_axis: int) -> None:
+    x, y = ctx.in_shape(0), ctx.out_shape(0)
+    if x is None or y is None or len(x) != len(y):
+        raise Unsupported("rank unknown")
+    group = int(ctx.attr("group", 1))
+    ctx.identity(ctx.in_dim(0, 0), ctx.out_dim(0, 0))
+    y_ch = ctx.out_dim(0, 1)
+    if group == 1:
+        w_in = ctx.in_dim(1, w_in_axis)
+        ctx.identity(ctx.in_dim(0, 1), w_in)
+        ctx.contract(1, w_in)
+        ctx.identity(ctx.in_dim(1, w_out_axis), y_ch)
+    else:
+        x_ch = ctx.in_dim(0, 1)
+        if x_ch.size % group or y_ch.size % group:
+            raise Unsupported("channels not divisible by group")
+        groups = ctx.virtual("groups", group)
+        ctx.block(x_ch, groups, x_ch.size // group)
+        ctx.block(y_ch, groups, y_ch.size // group)
+        ctx.identity(ctx.in_dim(1, 0), y_ch)
+    if ctx.inp(2) is not None:
+        ctx.identity(ctx.in_dim(2, 0), y_ch)
+
+
+@register
+class Conv(OpRule):
+    ops = ("Conv",)
+
+    def link(self, node, ctx):
+        _link_conv(ctx, w_out_axis=0, w_in_axis=1)
+
+    def refold(self, node, rc):
+        group = int(node.attrs.get("group", 1))
+        old_c = rc.old_shape(node.inputs[0])[1]
+        new_c = rc.new_size(node.inputs[0], 1)
+        if group > 1 and new_c != old_c:
+            node.attrs["group"] = group * new_c // old_c
+
+
+@register
+class ConvTranspose(OpRule):
+    ops = ("ConvTranspose",)
+
+    def link(self, node, ctx):
+        if int(ctx.attr("group", 1)) > 1:
+            raise Unsupported("grouped ConvTranspose is not mapped")
+        _link_conv(ctx, w_out_axis=1, w_in_axis=0)

@@ -1,0 +1,240 @@
+"""Ops that move axes around: Flatten, Reshape, Squeeze/Unsqueeze, Transpose, Pad, Resize,
+Expand. Merging axes (C,H,W) → C·H·W links the merged axis to its *leading* factor as
+blocks; the other factors stay unmapped, hence frozen."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..context import Unsupported
+from ..shape_values import static_value
+from .registry import OpRule, register
+
+
+def match_chunks(a, b):
+    """Split two shapes of equal volume into minimal runs of equal product; size-1 axes
+    outside a run are skipped, unknown (``None``) axes must pair up one to one.
+    Returns ``[(in_axes, out_axes), ...]`` or None when the shapes do not factor."""
+    chunks, i, j = [], 0, 0
+    while True:
+        while i < len(a) and a[i] == 1:
+            i += 1
+        while j < len(b) and b[j] == 1:
+            j += 1
+        if i == len(a) or j == len(b):
+            return chunks if i == len(a) and j == len(b) else None
+        if a[i] is None or b[j] is None:
+            if a[i] is not None or b[j] is not None:
+                return None
+            chunks.append(([i], [j]))
+            i, j = i + 1, j + 1
+            continue
+        ii, jj, pa, pb = [i], [j], a[i], b[j]
+        i, j = i + 1, j + 1
+        while pa != pb:
+            if pa < pb:
+                if i == len(a) or a[i] is None:
+                    return None
+                ii.append(i)
+                pa *= a[i]
+                i += 1
+            else:
+                if j == len(b) or b[j] is None:
+                    return None
+                jj.append(j)
+                pb *= b[j]
+                j += 1
+        chunks.append((ii, jj))
+
+
+def link_reshape(ctx, a, b) -> dict[int, int]:
+    """Link input axes to output axes; return {out_axis: in_axis} for 1:1 matches."""
+    chunks = match_chunks(a, b)
+    if chunks is None:
+        raise Unsupported("shapes do not factor")
+    one_to_one = {}
+    for ii, jj in chunks:
+        if len(ii) == 1 and len(jj) == 1:
+            ctx.identity(ctx.in_dim(0, ii[0]), ctx.out_dim(0, jj[0]))
+            one_to_one[jj[0]] = ii[0]
+        elif len(jj) == 1:  # merge: out axis made of blocks of the leading input axis
+            lead = next(k for k in ii if a[k] > 1)
+            inner = int(np.prod([a[k] for k in ii if k > lead]))
+            ctx.block(ctx.out_dim(0, jj[0]), ctx.in_dim(0, lead), inner)
+        elif len(ii) == 1:  # split: e.g. hidden → (heads, head_dim)
+            lead = next(k for k in jj if b[k] > 1)
+            inner = int(np.prod([b[k] for k in jj if k > lead]))
+            ctx.block(ctx.in_dim(0, ii[0]), ctx.out_dim(0, lead), inner)
+    return one_to_one
+
+
+@register
+class Flatten(OpRule):
+    ops = ("Flatten",)
+
+    def link(self, node, ctx):
+        a, b = ctx.in_shape(0), ctx.out_shape(0)
+        if a is None or b is None:
+            raise Unsupported("rank unknown")
+        link_reshape(ctx, a, b)
+
+
+@register
+class Reshape(OpRule):
+    ops = ("Reshape",)
+
+    def link(self, node, ctx):
+        a, b = ctx.in_shape(0), ctx.out_shape(0)
+        if a is None or b is None:
+            raise Unsupported("rank unknown")
+        one_to_one = link_reshape(ctx, a, b)
+        if ctx.value(1) is not None:
+            return
+        target = static_value(node.inputs[1])
+        if target is None:
+            raise Unsupported("target computed at run time and not evaluable")
+        for j, v in enumerate(target.tolist()):
+            if v > 0 or (v == 0 and one_to_one.get(j) != j):
+                ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
+
+    def refold(self, node, rc):
+        target = rc.value_of(1)
+        if target is None:
+            return
+        new = target.astype(np.int64).copy()
+        for j, v in enumerate(target.tolist()):
+            if v > 0:
+                new[j] = rc.new_size(node.outputs[0], j)
+        if not np.array_equal(new, target):
+            rc.set_input(node, 1, new)
+
+
+def _axes(ctx, rank: int, slot: int = 1):
+    axes = ctx.attr("axes")
+    if axes is None and ctx.inp(slot) is not None:
+        axes = ctx.value(slot)
+        if axes is None:
+            raise Unsupported("axes computed at run time")
+    return None if axes is None else sorted(int(x) % rank for x in axes)
+
+
+@register
+class Squeeze(OpRule):
+    ops = ("Squeeze",)
+
+    def link(self, node, ctx):
+        a = ctx.in_shape(0)
+        if a is None:
+            raise Unsupported("rank unknown")
+        axes = _axes(ctx, len(a))
+        if axes is None:
+            axes = [k for k, s in enumerate(a) if s == 1]
+        kept = [k for k in range(len(a)) if k not in axes]
+        for j, k in enumerate(kept):
+            ctx.identity(ctx.in_dim(0, k), ctx.out_dim(0, j))
+
+
+@register
+class Unsqueeze(OpRule):
+    ops = ("Unsqueeze",)
+
+    def link(self, node, ctx):
+        b = ctx.out_shape(0)
+        if b is None:
+            raise Unsupported("rank unknown")
+        axes = _axes(ctx, len(b))
+        kept = [j for j in range(len(b)) if j not in axes]
+        for k, j in enumerate(kept):
+            ctx.identity(ctx.in_dim(0, k), ctx.out_dim(0, j))
+
+
+@register
+class Transpose(OpRule):
+    ops = ("Transpose",)
+
+    def link(self, node, ctx):
+        a = ctx.in_shape(0)
+        if a is None:
+            raise Unsupported("rank unknown")
+        perm = ctx.attr("perm") or list(range(len(a)))[::-1]
+        for j, k in enumerate(perm):
+            ctx.identity(ctx.in_dim(0, int(k)), ctx.out_dim(0, j))
+
+
+@register
+class Pad(OpRule):
+    ops = ("Pad",)
+
+    def link(self, node, ctx):
+        a = ctx.in_shape(0)
+        if a is None:
+            raise Unsupported("rank unknown")
+        pads = ctx.attr("pads") if ctx.opset < 11 else ctx.value(1)
+        if pads is None:
+            raise Unsupported("pads computed at run time")
+        axes = list(range(len(a)))
+        if ctx.inp(3) is not None:
+            ax_val = ctx.value(3)
+            if ax_val is None:
+                raise Unsupported("axes computed at run time")
+            axes = [int(x) % len(a) for x in ax_val]
+        pads = [int(p) for p in pads]
+        n = len(axes)
+        padded = {ax for k, ax in enumerate(axes) if pads[k] or pads[k + n]}
+        for ax in range(len(a)):
+            if ax not in padded:
+                ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+
+
+@register
+class Resize(OpRule):
+    """Axes whose size is unchanged (batch, channels) pass through; ``sizes`` is re-folded."""
+
+    ops = ("Resize", "Upsample")
+
+    def link(self, node, ctx):
+        a, b = ctx.in_shape(0), ctx.out_shape(0)
+        if a is None or b is None or len(a) != len(b):
+            raise Unsupported("rank unknown")
+        if node.op == "Resize" and ctx.inp(3) is not None and ctx.value(3) is None:
+            raise Unsupported("sizes computed at run time")
+        if node.attrs.get("axes") is not None:
+            raise Unsupported("axes attribute")
+        for ax in range(len(a)):
+            if a[ax] is not None and a[ax] == b[ax]:
+                ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+
+    def refold(self, node, rc):
+        if node.op != "Resize" or len(node.inputs) < 4 or rc.value_of(3) is None:
+            return
+        sizes = rc.value_of(3).astype(np.int64)
+        new = np.array([rc.new_size(node.outputs[0], j) for j in range(len(sizes))], np.int64)
+        if not np.array_equal(new, sizes):
+            rc.set_input(node, 3, new)
+
+
+@register
+class Expand(OpRule):
+    ops = ("Expand",)
+
+    def link(self, node, ctx):
+        a, b = ctx.in_shape(0), ctx.out_shape(0)
+        if a is None or b is None or ctx.value(1) is None:
+            raise Unsupported("shape computed at run time")
+        off = len(b) - len(a)
+        for ax, size in enumerate(a):
+            if size == 1 and b[ax + off] != 1:
+                ctx.touch(ctx.in_dim(0, ax))
+                continue
+            ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax + off))
+
+    def refold(self, node, rc):
+        shape = rc.value_of(1).astype(np.int64)
+        out = node.outputs[0]
+        off = len(rc.old_shape(out)) - len(shape)
+        new = shape.copy()
+        for k, v in enumerate(shape.tolist()):
+            if v > 1:
+                new[k] = rc.new_size(out, k + off)
+        if not np.array_equal(new, shape):
+            rc.set_input(node, 1, new)

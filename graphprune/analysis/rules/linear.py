@@ -1,0 +1,48 @@
+"""Gemm and MatMul: the contracted axis K couples the input features with the weight rows."""
+
+from __future__ import annotations
+
+from ..context import Unsupported
+from .elementwise import link_broadcast
+from .registry import OpRule, register
+
+
+@register
+class Gemm(OpRule):
+    ops = ("Gemm",)
+
+    def link(self, node, ctx):
+        ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+        a_m, a_k = (1, 0) if ta else (0, 1)
+        b_k, b_n = (1, 0) if tb else (0, 1)
+        ctx.identity(ctx.in_dim(0, a_m), ctx.out_dim(0, 0))
+        bk = ctx.in_dim(1, b_k)
+        ctx.identity(ctx.in_dim(0, a_k), bk)
+        ctx.contract(1, bk)
+        ctx.identity(ctx.in_dim(1, b_n), ctx.out_dim(0, 1))
+        if ctx.inp(2) is not None:
+            link_broadcast(ctx, [2])
+
+
+@register
+class MatMul(OpRule):
+    ops = ("MatMul",)
+
+    def link(self, node, ctx):
+        a, b, y = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
+        if a is None or b is None or y is None:
+            raise Unsupported("rank unknown")
+        if len(a) < 2 or len(b) < 2:
+            raise Unsupported("1-D MatMul operand")
+        bk = ctx.in_dim(1, len(b) - 2)
+        ctx.identity(ctx.in_dim(0, len(a) - 1), bk)
+        ctx.contract(1, bk)
+        ctx.identity(ctx.in_dim(0, len(a) - 2), ctx.out_dim(0, len(y) - 2))
+        ctx.identity(ctx.in_dim(1, len(b) - 1), ctx.out_dim(0, len(y) - 1))
+        for i, shape in ((0, a), (1, b)):  # leading batch axes broadcast
+            off = len(y) - len(shape)
+            for ax in range(len(shape) - 2):
+                d = ctx.in_dim(i, ax)
+                if shape[ax] == 1 and y[ax + off] != 1:
+                    continue
+                ctx.identity(d, ctx.out_dim(0, ax + off))

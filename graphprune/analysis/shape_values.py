@@ -1,0 +1,66 @@
+"""Evaluate small shape-computing subgraphs (Shape → Gather → Concat → Reshape) statically.
+
+Used to read the value a run-time Reshape target will have, given the static shapes that
+shape inference found. Returns ``None`` whenever something is not known statically.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .context import tensor_shape
+
+_MAX_DEPTH = 32
+
+
+def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
+    if isinstance(t, gs.Constant):
+        return np.asarray(t.values)
+    if _depth > _MAX_DEPTH or len(t.inputs) != 1:
+        return None
+    node = t.inputs[0]
+    args = [static_value(x, _depth + 1) if x.name else None for x in node.inputs]
+    a = node.attrs
+    op = node.op
+    try:
+        if op == "Shape":
+            shape = tensor_shape(node.inputs[0])
+            if shape is None:
+                return None
+            start, end = a.get("start", 0), a.get("end", len(shape))
+            part = shape[slice(start, end if end != 0 or "end" in a else None)]
+            return None if any(s is None for s in part) else np.array(part, dtype=np.int64)
+        if any(v is None for v in args[:1]):
+            return None
+        if op in ("Identity", "Cast"):
+            return args[0] if op == "Identity" else args[0].astype(np.int64)
+        if op == "Gather" and args[1] is not None:
+            return np.take(args[0], args[1], axis=int(a.get("axis", 0)))
+        if op == "Unsqueeze":
+            axes = a.get("axes") if "axes" in a else args[1]
+            out = args[0]
+            for ax in sorted(int(x) % (out.ndim + len(axes)) for x in axes):
+                out = np.expand_dims(out, ax)
+            return out
+        if op == "Squeeze":
+            axes = a.get("axes") if "axes" in a else (args[1] if len(args) > 1 else None)
+            return np.squeeze(args[0], None if axes is None else tuple(int(x) for x in axes))
+        if op == "Concat" and all(v is not None for v in args):
+            return np.concatenate(args, axis=int(a["axis"]))
+        if op == "Slice" and all(v is not None for v in args):
+            starts, ends = args[1], args[2]
+            axes = args[3] if len(args) > 3 else np.arange(len(starts))
+            steps = args[4] if len(args) > 4 else np.ones(len(starts), np.int64)
+            sl = [slice(None)] * args[0].ndim
+            for ax, s, e, st in zip(axes, starts, ends, steps, strict=True):
+                sl[int(ax)] = slice(int(s), int(e), int(st))
+            return args[0][tuple(sl)]
+        if op in ("Add", "Sub", "Mul", "Div") and args[1] is not None:
+            x, y = args[0], args[1]
+            if op == "Div":
+                return x // y if x.dtype.kind in "iu" else x / y
+            return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, y)
+    except (ValueError, IndexError, TypeError, KeyError):
+        return None
+    return None

@@ -1,0 +1,189 @@
+"""Command line: ``graphprune analyze`` and ``graphprune prune``.
+
+Exit codes: 0 ok; 1 unexpected internal error; 2 bad usage; 3 unreadable model; 4 bad plan;
+5 invalid rewrite; 6 parity failed; 7 bad calibration / evaluation data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .errors import GraphpruneError, ParityError, UsageError
+from .evaluate import accuracy, load_npz
+from .graph import load_model, save_model_atomic
+from .importance import CRITERIA
+from .plan import Plan
+from .prune import PruneOptions, analyze_model, check_ratio, prune_model
+from .report import build_report, format_analysis, format_summary, group_rows
+
+log = logging.getLogger("graphprune")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="graphprune", description="Structured pruning of ONNX models.")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log more (-vv: debug)")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    a = sub.add_parser("analyze", help="list coupled groups and why frozen ones are frozen")
+    a.add_argument("model")
+    a.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="node or tensor name (glob) to keep untouched; repeatable",
+    )
+    a.add_argument("--json", metavar="PATH", help="write the groups as JSON")
+    a.add_argument("--all-reasons", action="store_true", help="print every freeze reason")
+
+    r = sub.add_parser("prune", help="prune a model and prove parity")
+    r.add_argument("model")
+    r.add_argument("-o", "--output", required=True, help="pruned model path (never the input)")
+    r.add_argument(
+        "--ratio",
+        type=float,
+        default=0.5,
+        help="fraction of units removed from every prunable group (default 0.5)",
+    )
+    r.add_argument("--criterion", choices=CRITERIA, default="l2")
+    r.add_argument(
+        "--round-to", type=int, default=1, metavar="N", help="keep a multiple of N units per group"
+    )
+    r.add_argument(
+        "--min-keep", type=int, default=1, metavar="N", help="keep at least N units per group"
+    )
+    r.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="node or tensor name (glob) to keep untouched; repeatable",
+    )
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--save-plan", metavar="PATH", help="write the plan as JSON")
+    r.add_argument("--plan", metavar="PATH", help="replay a saved plan instead of planning")
+    r.add_argument("--json", metavar="PATH", help="write the report as JSON")
+    r.add_argument(
+        "--eval",
+        metavar="NPZ",
+        help="evaluation data (.npz: one array per input, optional 'labels')",
+    )
+    r.add_argument("--calib", metavar="NPZ", help="calibration inputs, also used for parity")
+    r.add_argument("--no-parity", action="store_true", help="skip the parity proof")
+    return p
+
+
+def _same_file(a: str, b: str) -> bool:
+    pa, pb = Path(a), Path(b)
+    if pb.exists():
+        try:
+            return os.path.samefile(pa, pb)
+        except OSError:
+            return False
+    return pa.resolve() == pb.resolve()
+
+
+def _write_json(path: str, data) -> None:
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def cmd_analyze(args) -> int:
+    analysis = analyze_model(args.model, args.exclude)
+    print(format_analysis(analysis, verbose=args.all_reasons))
+    if args.json:
+        _write_json(args.json, {"model": args.model, "groups": group_rows(analysis)})
+    return 0
+
+
+def cmd_prune(args) -> int:
+    if _same_file(args.model, args.output):
+        raise UsageError("output path is the input model; refusing to overwrite it")
+    check_ratio("--ratio", args.ratio)
+    if args.round_to < 1 or args.min_keep < 1:
+        raise UsageError("--round-to and --min-keep must be >= 1")
+    model = load_model(args.model)
+    plan = Plan.load(args.plan) if args.plan else None
+    feeds = []
+    if args.calib:
+        calib, _ = load_npz(args.calib, model)
+        n = len(next(iter(calib.values())))
+        feeds = [{k: v[s : s + 8] for k, v in calib.items()} for s in range(0, min(n, 32), 8)]
+    opts = PruneOptions(
+        ratio=args.ratio,
+        criterion=args.criterion,
+        round_to=args.round_to,
+        min_keep=args.min_keep,
+        exclude=tuple(args.exclude),
+        seed=args.seed,
+        parity=not args.no_parity,
+        parity_feeds=feeds,
+    )
+    result = prune_model(model, opts, plan=plan)
+    extra = {}
+    if args.eval:
+        data, labels = load_npz(args.eval, model)
+        if labels is not None:
+            extra["accuracy"] = {
+                "data": args.eval,
+                "samples": int(len(labels)),
+                "before": accuracy(model, data, labels),
+                "after": accuracy(result.model, data, labels),
+            }
+    failed = result.parity.status == "failed"
+    out = "" if failed else args.output
+    options = {
+        "ratio": args.ratio,
+        "criterion": args.criterion,
+        "round_to": args.round_to,
+        "min_keep": args.min_keep,
+        "exclude": args.exclude,
+        "plan": args.plan or None,
+    }
+    if not failed:
+        save_model_atomic(result.model, args.output)
+        if args.save_plan:
+            result.plan.save(args.save_plan)
+    rep = build_report(result, input_path=args.model, output_path=out, options=options, extra=extra)
+    if args.json:
+        _write_json(args.json, rep)
+    print(format_summary(rep))
+    if failed:
+        raise ParityError(
+            f"parity failed (max rel diff {result.parity.max_rel_diff:.3e}); model not written"
+        )
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+        logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        return {"analyze": cmd_analyze, "prune": cmd_prune}[args.cmd](args)
+    except GraphpruneError as e:
+        print(f"graphprune: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("graphprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: still one line, but say so
+        print(f"graphprune: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        if os.environ.get("GRAPHPRUNE_DEBUG"):
+            raise
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""Typed errors. The library raises these; only the CLI turns them into one line + exit code."""
+
+
+class GraphpruneError(Exception):
+    """Base class; ``exit_code`` is what the CLI returns for it."""
+
+    exit_code = 2
+
+
+class UsageError(GraphpruneError):
+    """Bad arguments or options (wrong ratio, output equals input...)."""
+
+    exit_code = 2
+
+
+class ModelLoadError(GraphpruneError):
+    """The input file is missing, unreadable or not a valid ONNX model."""
+
+    exit_code = 3
+
+
+class PlanError(GraphpruneError):
+    """A plan cannot be made or replayed on this model."""
+
+    exit_code = 4
+
+
+class RewriteError(GraphpruneError):
+    """The rewrite produced an invalid model (a bug: reported, never written)."""
+
+    exit_code = 5
+
+
+class ParityError(GraphpruneError):
+    """The pruned model does not match the masked original."""
+
+    exit_code = 6
+
+
+class CalibrationError(GraphpruneError):
+    """Calibration / evaluation data is missing, empty or does not fit the model."""
+
+    exit_code = 7

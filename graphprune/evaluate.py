@@ -1,0 +1,72 @@
+"""Evaluation data: an ``.npz`` with one array per graph input (first axis = samples) and an
+optional ``labels`` array; accuracy is argmax of the first output against the labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import CalibrationError
+from .validate import session
+
+
+def load_npz(path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    p = Path(path)
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError) as e:
+        raise CalibrationError(f"{p}: cannot read as .npz ({e})") from e
+    init_names = {t.name for t in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in init_names]
+    missing = [n for n in inputs if n not in arrays]
+    if missing:
+        raise CalibrationError(
+            f"{p}: no array for graph input(s) {missing}; file has {sorted(arrays)}"
+        )
+    feeds = {n: arrays[n] for n in inputs}
+    counts = {len(a) for a in feeds.values()}
+    if len(counts) != 1 or 0 in counts:
+        raise CalibrationError(
+            f"{p}: inputs need the same, non-zero number of samples (got {sorted(counts)})"
+        )
+    labels = arrays.get("labels")
+    if labels is not None and len(labels) != counts.pop():
+        raise CalibrationError(f"{p}: 'labels' length differs from the inputs")
+    return feeds, labels
+
+
+def fixed_batch(model: onnx.ModelProto) -> int | None:
+    """The batch size if the first input has a fixed first axis."""
+    for inp in model.graph.input:
+        dims = inp.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value"):
+            return int(dims[0].dim_value)
+        return None
+    return None
+
+
+def batches(feeds: dict[str, np.ndarray], size: int):
+    n = len(next(iter(feeds.values())))
+    for s in range(0, n, size):
+        chunk = {k: v[s : s + size] for k, v in feeds.items()}
+        if len(next(iter(chunk.values()))) == size or size == 0:
+            yield chunk
+
+
+def run_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """First output over all samples, fed in chunks of the model's fixed batch (or 64)."""
+    sess = session(model, optimize=True)
+    size = fixed_batch(model) or 64
+    outs = [sess.run(None, chunk)[0] for chunk in batches(feeds, size)]
+    if not outs:
+        raise CalibrationError(f"fewer samples than the model's fixed batch size {size}")
+    return np.concatenate(outs)
+
+
+def accuracy(model: onnx.ModelProto, feeds, labels) -> float:
+    out = run_outputs(model, feeds)
+    pred = out.argmax(-1) if out.ndim > 1 else out
+    return float(np.mean(pred == labels[: len(pred)]))

@@ -1,0 +1,125 @@
+"""Loading, normalising and saving models; the in-memory IR is onnx-graphsurgeon's Graph."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import ModelLoadError, RewriteError
+
+log = logging.getLogger(__name__)
+
+_TWO_GB = 2**31 - 1
+
+
+def load_model(path: str | os.PathLike) -> onnx.ModelProto:
+    """Read an ONNX file (external data is loaded from beside it)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f"{p}: no such file")
+    try:
+        model = onnx.load(str(p))
+    except Exception as e:  # protobuf raises a zoo of types
+        raise ModelLoadError(f"{p}: not a readable ONNX model ({type(e).__name__}: {e})") from e
+    if not model.graph.node:
+        raise ModelLoadError(f"{p}: the model has no nodes")
+    return model
+
+
+def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Static shape inference with data propagation (so Shape→Reshape chains get shapes)."""
+    try:
+        if model.ByteSize() < _TWO_GB:
+            return onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as e:
+        log.warning("shape inference failed (%s); continuing with the shapes in the file", e)
+    return model
+
+
+def import_graph(model: onnx.ModelProto, inferred: bool = False) -> gs.Graph:
+    """Shape-infer (unless already done), import into graphsurgeon, fold Constant nodes."""
+    graph = gs.import_onnx(model if inferred else infer_shapes(model))
+    fold_constant_nodes(graph)
+    return graph
+
+
+def fold_constant_nodes(graph: gs.Graph) -> None:
+    """Replace ``Constant`` nodes by graphsurgeon constants so rules see their values."""
+    for node in list(graph.nodes):
+        if node.op != "Constant" or len(node.outputs) != 1:
+            continue
+        value = node.attrs.get("value")
+        if isinstance(value, gs.Constant):
+            arr = value.values
+        elif "value_float" in node.attrs:
+            arr = np.array(node.attrs["value_float"], dtype=np.float32)
+        elif "value_int" in node.attrs:
+            arr = np.array(node.attrs["value_int"], dtype=np.int64)
+        elif "value_floats" in node.attrs:
+            arr = np.array(node.attrs["value_floats"], dtype=np.float32)
+        elif "value_ints" in node.attrs:
+            arr = np.array(node.attrs["value_ints"], dtype=np.int64)
+        else:
+            continue
+        out = node.outputs[0]
+        if out in graph.outputs:
+            continue
+        const = gs.Constant(out.name, np.asarray(arr))
+        for consumer in list(out.outputs):
+            consumer.inputs[:] = [const if t is out else t for t in consumer.inputs]
+        node.outputs.clear()
+    graph.cleanup(remove_unused_graph_inputs=False)
+
+
+def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Export the graph with stale intermediate shapes cleared and re-inferred."""
+    io = {id(t) for t in graph.inputs} | {id(t) for t in graph.outputs}
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Variable) and id(t) not in io:
+            t.shape = None
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(graph, do_type_check=False)
+    if template is not None:
+        model.ir_version = template.ir_version
+        del model.opset_import[:]
+        model.opset_import.extend(template.opset_import)
+        model.producer_name = template.producer_name or "graphprune"
+        del model.metadata_props[:]
+        model.metadata_props.extend(template.metadata_props)
+    del model.graph.value_info[:]
+    return infer_shapes(model)
+
+
+def check_model(model: onnx.ModelProto) -> None:
+    """``onnx.checker`` with full shape checking; raise RewriteError on failure."""
+    try:
+        if model.ByteSize() < _TWO_GB:
+            onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise RewriteError(f"pruned model fails onnx.checker: {e}") from e
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Write ``model`` to ``path`` via a temp file + rename; return the bytes written."""
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        if model.ByteSize() >= _TWO_GB:
+            data_name = dest.name + ".data"
+            onnx.save_model(model, tmp, save_as_external_data=True, location=data_name)
+        else:
+            onnx.save_model(model, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return dest.stat().st_size

@@ -1,0 +1,53 @@
+"""Weight-based importance: score every unit of a group by aggregating, over all of the
+group's weight carriers (producer rows, consumer columns, norms), the norm of the slice
+that unit owns. Each carrier's scores are mean-normalised first so no layer dominates."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analysis.groups import Analysis, Group
+from .errors import UsageError
+
+CRITERIA = ("l1", "l2", "random")
+
+
+def unit_index(group: Group, labels: np.ndarray) -> np.ndarray:
+    """Map component labels of elements to unit positions in ``group`` (-1 if not in it)."""
+    pos = np.searchsorted(group.unit_labels, labels)
+    pos = np.clip(pos, 0, len(group.unit_labels) - 1)
+    return np.where(group.unit_labels[pos] == labels, pos, -1)
+
+
+def carrier_scores(group: Group, analysis: Analysis, p: int) -> list[np.ndarray]:
+    out = []
+    for d in group.carriers():
+        t = d.node.inputs[d.slot]
+        if not isinstance(t, gs.Constant) or t.values.dtype.kind != "f":
+            continue
+        w = np.moveaxis(np.abs(np.asarray(t.values, dtype=np.float64)), d.axis, 0)
+        w = w.reshape(w.shape[0], -1)
+        per_index = w.sum(1) if p == 1 else np.sqrt((w * w).sum(1))
+        units = unit_index(group, analysis.labels[d.base : d.base + d.size])
+        keep = units >= 0
+        score = np.bincount(units[keep], weights=per_index[keep], minlength=group.units)
+        mean = score.mean()
+        out.append(score / mean if mean > 0 else score)
+    return out
+
+
+def score_group(
+    group: Group, analysis: Analysis, criterion: str, rng: np.random.Generator
+) -> np.ndarray:
+    if criterion == "random":
+        return rng.random(group.units)
+    if criterion not in CRITERIA:
+        raise UsageError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+    parts = carrier_scores(group, analysis, 1 if criterion == "l1" else 2)
+    return np.sum(parts, axis=0) if parts else np.zeros(group.units)
+
+
+def score_groups(analysis: Analysis, criterion: str = "l2", seed: int = 0) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {g.id: score_group(g, analysis, criterion, rng) for g in analysis.prunable}

@@ -1,0 +1,109 @@
+"""The pruning pipeline as one call: load → analyze → score → plan → rewrite → validate."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from graphprune.passes.mask_units import masked_reference
+from graphprune.passes.refold_counts import RefoldCounts
+from graphprune.passes.removal import Removal
+from graphprune.passes.slice_constants import SliceConstants
+
+from .analysis.groups import Analysis, analyze
+from .errors import UsageError
+from .graph import check_model, export_model, import_graph, infer_shapes, load_model
+from .importance import score_groups
+from .metrics import summarize
+from .plan import Plan, make_plan, removed_labels
+from .validate import ParityResult, compare, session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneOptions:
+    ratio: float = 0.5
+    criterion: str = "l2"
+    round_to: int = 1
+    min_keep: int = 1
+    exclude: tuple[str, ...] = ()
+    seed: int = 0
+    parity: bool = True
+    parity_feeds: list = field(default_factory=list)
+
+
+@dataclass
+class PruneResult:
+    model: onnx.ModelProto
+    plan: Plan
+    analysis: Analysis
+    parity: ParityResult
+    before: dict
+    after: dict
+    timings: dict
+
+
+def opset_of(model: onnx.ModelProto) -> int:
+    for op in model.opset_import:
+        if op.domain in ("", "ai.onnx"):
+            return int(op.version)
+    return 1
+
+
+def analyze_model(model: onnx.ModelProto | str | Path, exclude=()) -> Analysis:
+    if not isinstance(model, onnx.ModelProto):
+        model = load_model(model)
+    return analyze(import_graph(model), opset_of(model), tuple(exclude))
+
+
+def prune_model(
+    model: onnx.ModelProto | str | Path,
+    options: PruneOptions | None = None,
+    plan: Plan | None = None,
+) -> PruneResult:
+    """Prune ``model`` by ``plan`` (replayed) or by a new plan made from ``options``."""
+    opts = options or PruneOptions()
+    t = {"start": time.perf_counter()}
+    if not isinstance(model, onnx.ModelProto):
+        model = load_model(model)
+    t["load"] = time.perf_counter()
+    opset = opset_of(model)
+    inferred = infer_shapes(model)
+    graph = import_graph(inferred, inferred=True)
+    analysis = analyze(graph, opset, tuple(opts.exclude))
+    t["analyze"] = time.perf_counter()
+    if plan is None:
+        scores = score_groups(analysis, opts.criterion, opts.seed)
+        plan = make_plan(analysis, scores, opts.ratio, opts.round_to, opts.min_keep, opts.criterion)
+    t["plan"] = time.perf_counter()
+    removal = Removal(analysis, removed_labels(plan, analysis))
+    reference = masked_reference(removal) if opts.parity else None
+    t["mask"] = time.perf_counter()
+    for p in (RefoldCounts(), SliceConstants()):
+        res = p.run(removal)
+        log.info("pass %s: %s", res.name, res.detail or ("changed" if res.modified else "-"))
+    pruned = export_model(graph, template=model)
+    check_model(pruned)
+    t["rewrite"] = time.perf_counter()
+    if reference is not None:
+        parity = compare(reference, pruned, feeds=opts.parity_feeds, seed=opts.seed)
+    else:
+        session(pruned)  # it must at least load
+        parity = ParityResult("skipped")
+    t["parity"] = time.perf_counter()
+    keys = list(t)
+    timings = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
+    return PruneResult(
+        pruned, plan, analysis, parity, summarize(model, inferred), summarize(pruned), timings
+    )
+
+
+def check_ratio(name: str, value: float) -> None:
+    if not (0.0 <= value < 1.0) or np.isnan(value):
+        raise UsageError(f"{name} must be in [0, 1), got {value}")

@@ -1,0 +1,129 @@
+"""Reports: the JSON document of a prune (stable keys, for build steps) and its text form."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .analysis.groups import Analysis
+from .prune import PruneResult
+
+
+def frozen_reasons(analysis: Analysis) -> dict[str, int]:
+    """Reason → number of frozen groups it applies to."""
+    c: Counter = Counter()
+    for g in analysis.frozen:
+        c.update(set(g.frozen_reasons))
+    return dict(c.most_common())
+
+
+def group_rows(analysis: Analysis) -> list[dict]:
+    rows = []
+    for g in analysis.groups:
+        weights = sorted({d.tensor for d in g.carriers()})
+        rows.append(
+            {
+                "id": g.id,
+                "key": g.key,
+                "kind": g.kind,
+                "units": g.units,
+                "members": len(g.dims),
+                "weights": weights,
+                "frozen": g.frozen,
+                "reasons": sorted(set(g.frozen_reasons)),
+            }
+        )
+    return rows
+
+
+def build_report(
+    result: PruneResult,
+    *,
+    input_path: str = "",
+    output_path: str = "",
+    options: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    a = result.analysis
+    pruned_keys = {gp.key: gp for gp in result.plan.groups}
+    rep = {
+        "input": input_path,
+        "output": output_path,
+        "options": options or {},
+        "params": {"before": result.before["params"], "after": result.after["params"]},
+        "macs": {"before": result.before["macs"], "after": result.after["macs"]},
+        "bytes": {"before": result.before["bytes"], "after": result.after["bytes"]},
+        "parity": result.parity.to_dict(),
+        "groups": {
+            "total": len(a.groups),
+            "pruned": len(pruned_keys),
+            "frozen": len(a.frozen),
+            "frozen_reasons": frozen_reasons(a),
+            "pruned_detail": [
+                {
+                    "key": gp.key,
+                    "kind": gp.kind,
+                    "units_before": gp.units,
+                    "units_after": gp.units - len(gp.remove),
+                }
+                for gp in result.plan.groups
+            ],
+        },
+        "time_s": round(sum(result.timings.values()), 4),
+        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+    rep.update(extra or {})
+    return rep
+
+
+def _pct(before: float, after: float) -> str:
+    return f"{(after - before) / before * 100:+.1f}%" if before else "n/a"
+
+
+def format_summary(rep: dict) -> str:
+    g = rep["groups"]
+    lines = [
+        f"pruned {rep['input']} -> {rep['output'] or '(not written)'}",
+        f"  groups    {g['total']} total, {g['pruned']} pruned, {g['frozen']} frozen",
+    ]
+    for key in ("params", "macs", "bytes"):
+        b, a = rep[key]["before"], rep[key]["after"]
+        lines.append(f"  {key:<9} {b:,} -> {a:,}  ({_pct(b, a)})")
+    p = rep["parity"]
+    if p["status"] == "skipped":
+        lines.append("  parity    skipped")
+    else:
+        lines.append(
+            f"  parity    {p['status']} (max abs diff {p['max_abs_diff']:.2e}, "
+            f"max rel diff {p['max_rel_diff']:.2e}, {p['inputs']} inputs)"
+        )
+    if "accuracy" in rep:
+        acc = rep["accuracy"]
+        lines.append(
+            f"  accuracy  {acc['before']:.4f} -> {acc['after']:.4f}  "
+            f"({acc['samples']} samples of {acc['data']})"
+        )
+    lines.append(f"  time      {rep['time_s']:.2f} s")
+    return "\n".join(lines)
+
+
+def format_analysis(analysis: Analysis, verbose: bool = False) -> str:
+    rows = group_rows(analysis)
+    lines = [
+        f"{len(rows)} groups: {len(analysis.prunable)} prunable, {len(analysis.frozen)} frozen",
+        "",
+    ]
+    lines.append(f"{'id':>4}  {'kind':<8} {'units':>6}  {'status':<8} group (anchor) / reason")
+    for r in rows:
+        status = "frozen" if r["frozen"] else "prunable"
+        w = ", ".join(r["weights"][:4]) + (" ..." if len(r["weights"]) > 4 else "")
+        lines.append(
+            f"{r['id']:>4}  {r['kind']:<8} {r['units']:>6}  {status:<8} {r['key']}"
+            f"  [{r['members']} dims; weights: {w}]"
+        )
+        for reason in r["reasons"][: None if verbose else 3]:
+            lines.append(f"{'':>30}- {reason}")
+    reasons = frozen_reasons(analysis)
+    if reasons:
+        lines += ["", "frozen groups by reason:"]
+        lines += [f"  {n:>4}  {reason}" for reason, n in reasons.items()]
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+"""Build the parity reference: a copy of the original where every removed unit is masked at
+its contraction points (weight slices zeroed; a Mul by a 0/1 mask where the contracted
+operand is an activation). Removing a unit is the same function as this."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .removal import Removal
+
+
+def masked_reference(removal: Removal) -> onnx.ModelProto:
+    graph = removal.analysis.graph
+    copy = graph.copy()
+    node_map = {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
+    for k, (node, slot, axis, d) in enumerate(removal.analysis.contractions):
+        idx = removal.of_dim(d)
+        if len(idx) == 0:
+            continue
+        target = node_map[id(node)]
+        src = target.inputs[slot]
+        if isinstance(src, gs.Constant):
+            vals = np.array(src.values, copy=True)
+            index = [slice(None)] * vals.ndim
+            index[axis] = idx
+            vals[tuple(index)] = 0
+            target.inputs[slot] = gs.Constant(f"{src.name}_masked{k}", vals)
+        else:
+            shape = [1] * len(removal.old_shape(src))
+            shape[axis] = d.size
+            mask = np.ones(shape, dtype=np.float32)
+            mask.reshape(-1)[idx] = 0
+            dtype = src.dtype if src.dtype is not None else np.float32
+            m_const = gs.Constant(f"{src.name}_unitmask{k}", mask.astype(dtype))
+            out = gs.Variable(f"{src.name}_masked{k}", dtype=src.dtype)
+            copy.nodes.append(gs.Node("Mul", inputs=[src, m_const], outputs=[out]))
+            target.inputs[slot] = out
+    copy.cleanup(remove_unused_graph_inputs=False).toposort()
+    return gs.export_onnx(copy, do_type_check=False)

@@ -1,0 +1,67 @@
+"""Re-fold every count a node encodes (Conv ``group``, Split sizes, Reshape targets, Slice
+bounds, Resize sizes...) by calling its op rule's ``refold``. Runs before constants are
+sliced, while the old shapes are still known. New values become new constants owned by the
+node, so a shape constant shared with other nodes is never edited for all of them."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphprune.analysis.rules import rule_for
+
+from .base import PassResult
+from .removal import Removal
+
+_fresh = itertools.count()
+
+
+class RefoldContext:
+    """What ``OpRule.refold`` sees: old shapes, new sizes, removed indices, constants."""
+
+    def __init__(self, removal: Removal):
+        self.removal = removal
+        self.opset = removal.analysis.opset
+        self.node: gs.Node | None = None
+        self.changed = 0
+
+    def old_shape(self, t):
+        return self.removal.old_shape(t)
+
+    def new_size(self, t, axis: int) -> int:
+        return self.removal.new_size(t, axis)
+
+    def removed(self, t, axis: int) -> np.ndarray:
+        return self.removal.removed(t, axis)
+
+    def value_of(self, slot: int) -> np.ndarray | None:
+        ins = self.node.inputs
+        if slot >= len(ins) or not isinstance(ins[slot], gs.Constant):
+            return None
+        return np.asarray(ins[slot].values)
+
+    def set_input(self, node: gs.Node, slot: int, values: np.ndarray) -> None:
+        base = node.name or node.op
+        const = gs.Constant(f"{base}_refold{slot}_{next(_fresh)}", np.asarray(values))
+        while len(node.inputs) <= slot:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs[slot] = const
+        self.changed += 1
+
+
+class RefoldCounts:
+    name = "refold-counts"
+
+    def run(self, removal: Removal) -> PassResult:
+        rc = RefoldContext(removal)
+        for node in removal.analysis.graph.nodes:
+            rule = rule_for(node)
+            if rule is None:
+                continue
+            rc.node = node
+            attrs = dict(node.attrs)
+            rule.refold(node, rc)
+            rc.changed += node.attrs != attrs
+        return PassResult(self.name, rc.changed > 0, f"{rc.changed} counts re-folded")
