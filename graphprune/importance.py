@@ -1,6 +1,8 @@
-"""Weight-based importance: score every unit of a group by aggregating, over all of the
-group's weight carriers (producer rows, consumer columns, norms), the norm of the slice
-that unit owns. Each carrier's scores are mean-normalised first so no layer dominates."""
+"""Weight-based importance: score every unit of a group by aggregating, over the group's
+weight matrices and kernels (producer rows, consumer columns), the norm of the slice that
+unit owns. Each carrier's scores are mean-normalised first so no layer dominates.
+Vectors (biases, norm scales) are left out: their magnitude says little about a unit's
+worth, and weighing them like whole kernels made L2 worse than random on the digits CNN."""
 
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ def carrier_scores(group: Group, analysis: Analysis, p: int) -> list[np.ndarray]
     out = []
     for d in group.carriers():
         t = d.node.inputs[d.slot]
-        if not isinstance(t, gs.Constant) or t.values.dtype.kind != "f":
+        if not isinstance(t, gs.Constant) or t.values.dtype.kind != "f" or t.values.ndim < 2:
             continue
         w = np.moveaxis(np.abs(np.asarray(t.values, dtype=np.float64)), d.axis, 0)
         w = w.reshape(w.shape[0], -1)

@@ -41,7 +41,9 @@ class Group:
 
     @property
     def key(self) -> str:
-        return self.anchor.label()
+        """Stable name: the anchor dim, plus the first index when another group shares it."""
+        first = int(self.unit_labels[0]) - self.anchor.base
+        return self.anchor.label() + (f"@{first}" if first else "")
 
     @property
     def units(self) -> int:

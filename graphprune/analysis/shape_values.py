@@ -6,12 +6,57 @@ shape inference found. Returns ``None`` whenever something is not known statical
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .context import tensor_shape
-
 _MAX_DEPTH = 32
+_SYMBOLIC_BASE = -(1 << 40)
+
+
+def symbol(name: str) -> int:
+    """A symbolic dim (``"batch"``) as a negative sentinel that survives Gather/Concat."""
+    return _SYMBOLIC_BASE - zlib.crc32(name.encode())
+
+
+def is_symbol(v: int) -> bool:
+    return v <= _SYMBOLIC_BASE
+
+
+def symbolic_shape(t: gs.Tensor) -> list[int] | None:
+    """Shape with symbolic dims as sentinels; None if the rank or any dim is unknown."""
+    if isinstance(t, gs.Constant):
+        return list(t.values.shape)
+    if t.shape is None:
+        return None
+    out = []
+    for s in t.shape:
+        if isinstance(s, int) and s >= 0:
+            out.append(s)
+        elif isinstance(s, str) and s:
+            out.append(symbol(s))
+        else:
+            return None
+    return out
+
+
+def resolve_reshape(in_shape: list[int], target, allowzero: bool = False) -> list[int] | None:
+    """Output shape of Reshape(in_shape, target) with symbolic dims carried through."""
+    out = [in_shape[j] if v == 0 and not allowzero else int(v) for j, v in enumerate(target)]
+    if out.count(-1) > 1:
+        return None
+    sym_in = sorted(v for v in in_shape if is_symbol(v))
+    sym_out = sorted(v for v in out if is_symbol(v))
+    known_in = int(np.prod([v for v in in_shape if v >= 0]))
+    known_out = int(np.prod([v for v in out if v >= 0]))
+    if -1 in out:
+        if sym_in != sym_out or known_out == 0 or known_in % known_out:
+            return None
+        out[out.index(-1)] = known_in // known_out
+    elif sym_in != sym_out or known_in != known_out:
+        return None
+    return out
 
 
 def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
@@ -25,12 +70,11 @@ def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
     op = node.op
     try:
         if op == "Shape":
-            shape = tensor_shape(node.inputs[0])
+            shape = symbolic_shape(node.inputs[0])
             if shape is None:
                 return None
             start, end = a.get("start", 0), a.get("end", len(shape))
-            part = shape[slice(start, end if end != 0 or "end" in a else None)]
-            return None if any(s is None for s in part) else np.array(part, dtype=np.int64)
+            return np.array(shape[slice(start, end)], dtype=np.int64)
         if any(v is None for v in args[:1]):
             return None
         if op in ("Identity", "Cast"):
@@ -58,6 +102,8 @@ def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
             return args[0][tuple(sl)]
         if op in ("Add", "Sub", "Mul", "Div") and args[1] is not None:
             x, y = args[0], args[1]
+            if any(is_symbol(v) for v in np.concatenate([x.ravel(), y.ravel()])):
+                return None
             if op == "Div":
                 return x // y if x.dtype.kind in "iu" else x / y
             return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, y)

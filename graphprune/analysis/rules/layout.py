@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..context import Unsupported
-from ..shape_values import static_value
+from ..shape_values import is_symbol, resolve_reshape, static_value, symbolic_shape
 from .registry import OpRule, register
 
 
@@ -84,17 +84,28 @@ class Reshape(OpRule):
     ops = ("Reshape",)
 
     def link(self, node, ctx):
-        a, b = ctx.in_shape(0), ctx.out_shape(0)
-        if a is None or b is None:
-            raise Unsupported("rank unknown")
-        one_to_one = link_reshape(ctx, a, b)
-        if ctx.value(1) is not None:
-            return
         target = static_value(node.inputs[1])
         if target is None:
             raise Unsupported("target computed at run time and not evaluable")
+        a, b = ctx.in_shape(0), ctx.out_shape(0)
+        if a is None:
+            raise Unsupported("rank unknown")
+        if b is None or None in b:  # shape inference gave up (symbolic dims): resolve here
+            sym_in = symbolic_shape(node.inputs[0])
+            full = None if sym_in is None else resolve_reshape(
+                sym_in, target.tolist(), bool(ctx.attr("allowzero", 0)))
+            if full is None:
+                raise Unsupported("output shape unknown")
+            out_t = node.outputs[0]
+            names = {v: s for v, s in zip(sym_in, node.inputs[0].shape, strict=True)
+                     if is_symbol(v)}
+            out_t.shape = [names[v] if is_symbol(v) else v for v in full]
+            b = ctx.out_shape(0)
+        one_to_one = link_reshape(ctx, a, b)
+        if ctx.value(1) is not None:
+            return
         for j, v in enumerate(target.tolist()):
-            if v > 0 or (v == 0 and one_to_one.get(j) != j):
+            if (v > 0 or (v == 0 and one_to_one.get(j) != j)) and not is_symbol(v):
                 ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
 
     def refold(self, node, rc):

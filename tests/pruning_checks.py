@@ -1,0 +1,75 @@
+"""The three checks every pruning test makes: structure changed as planned, the model passes
+the checker and loads in ONNX Runtime, and its outputs match the masked original."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graphprune.passes.removal import Removal
+from graphprune.plan import removed_labels
+from graphprune.prune import PruneOptions, PruneResult, prune_model
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+    out = {}
+    for vi in list(model.graph.value_info) + list(model.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    for t in model.graph.initializer:
+        out[t.name] = list(t.dims)
+    return out
+
+
+def assert_structure(result: PruneResult) -> int:
+    """Every activation dim of every pruned group has exactly the planned size; returns the
+    number of dims checked."""
+    analysis = result.analysis
+    removal = Removal(analysis, removed_labels(result.plan, analysis))
+    shapes = _shapes(result.model)
+    checked = 0
+    for d in removal.dims_touched():
+        if d.kind != "act" or d.tensor not in shapes:
+            continue
+        expect = d.size - len(removal.of_dim(d))
+        got = shapes[d.tensor][d.axis]
+        if got is None:  # ONNX shape inference could not size it (symbolic Reshape)
+            continue
+        assert got == expect, f"{d.label()}: size {got}, planned {expect}"
+        checked += 1
+    return checked
+
+
+def assert_valid(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+
+def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True,
+                    **kw) -> PruneResult:
+    result = prune_model(model, PruneOptions(ratio=ratio, **kw))
+    assert_valid(result.model)
+    assert result.parity.status == "exact", result.parity.per_output
+    if expect_pruned:
+        assert result.plan.groups, "nothing was pruned"
+        assert assert_structure(result) > 0
+        assert result.after["params"] < result.before["params"]
+        assert result.after["macs"] < result.before["macs"]
+    # outputs keep their shapes
+    before = {o.name: o.type.tensor_type.shape for o in model.graph.output} \
+        if isinstance(model, onnx.ModelProto) else None
+    if before is not None:
+        for o in result.model.graph.output:
+            assert o.type.tensor_type.shape == before[o.name]
+    return result
+
+
+def run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, feed)

@@ -1,0 +1,96 @@
+"""The CLI as a user and a build step see it: outputs, JSON keys, exit codes, no damage."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+from graphprune.cli import main
+from pruning_checks import assert_valid
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "models" / "digits" / "digits_cnn.onnx"
+DIGITS_TEST = ROOT / "models" / "digits" / "digits_test.npz"
+
+
+def test_analyze_lists_groups_and_reasons(capsys):
+    assert main(["analyze", str(DIGITS)]) == 0
+    out = capsys.readouterr().out
+    assert "prunable" in out and "graph input" in out and "graph output" in out
+
+
+def test_prune_writes_valid_model_and_report(tmp_path, capsys):
+    out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
+    code = main(["prune", str(DIGITS), "-o", str(out), "--ratio", "0.5", "--json", str(rep),
+                 "--eval", str(DIGITS_TEST)])
+    assert code == 0
+    assert_valid(onnx.load(str(out)))
+    r = json.loads(rep.read_text())
+    for key in ("params", "macs", "bytes"):
+        assert r[key]["after"] < r[key]["before"]
+    assert r["parity"]["status"] == "exact"
+    assert r["parity"]["max_rel_diff"] <= 1e-4
+    assert r["groups"]["total"] == r["groups"]["pruned"] + r["groups"]["frozen"]
+    assert sum(r["groups"]["frozen_reasons"].values()) >= r["groups"]["frozen"]
+    assert r["time_s"] > 0 and 0.9 < r["accuracy"]["before"] <= 1.0
+    assert "parity    exact" in capsys.readouterr().out
+
+
+def test_save_and_replay_plan_gives_same_model(tmp_path):
+    a, b, plan = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "plan.json"
+    assert main(["prune", str(DIGITS), "-o", str(a), "--ratio", "0.3", "--criterion", "l1",
+                 "--save-plan", str(plan)]) == 0
+    assert main(["prune", str(DIGITS), "-o", str(b), "--plan", str(plan)]) == 0
+    ia = {t.name: t.dims for t in onnx.load(str(a)).graph.initializer}
+    ib = {t.name: t.dims for t in onnx.load(str(b)).graph.initializer}
+    assert ia == ib
+    assert json.loads(plan.read_text())["groups"]
+
+
+def test_refuses_to_overwrite_input(tmp_path, capsys):
+    model = tmp_path / "m.onnx"
+    shutil.copy(DIGITS, model)
+    before = model.read_bytes()
+    assert main(["prune", str(model), "-o", str(model)]) == 2
+    assert model.read_bytes() == before
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overwrite" in err[0]
+
+
+@pytest.mark.parametrize("args,code,needle", [
+    (["prune", "missing.onnx", "-o", "x.onnx"], 3, "no such file"),
+    (["prune", "{garbage}", "-o", "x.onnx"], 3, "not a readable ONNX model"),
+    (["prune", "{digits}", "-o", "x.onnx", "--ratio", "1.5"], 2, "--ratio"),
+    (["prune", "{digits}", "-o", "x.onnx", "--criterion", "nope"], 2, "invalid choice"),
+    (["prune", "{digits}", "-o", "x.onnx", "--plan", "{garbage}"], 4, "not a graphprune plan"),
+    (["prune", "{digits}", "-o", "x.onnx", "--eval", "{garbage}"], 7, "cannot read"),
+    (["frobnicate"], 2, "invalid choice"),
+])
+def test_bad_input_gives_one_line_and_exit_code(tmp_path, capsys, args, code, needle):
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"this is not protobuf at all \x00\xff")
+    args = [a.format(garbage=garbage, digits=DIGITS) for a in args]
+    args = [str(tmp_path / a) if a == "x.onnx" else a for a in args]
+    assert main(args) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_plan_for_another_model_is_rejected(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"groups": [{"key": "nope[1]", "kind": "channel", "units": 4,
+                                            "remove": [0]}], "criterion": "l2", "ratio": 0.5,
+                                "version": 1}))
+    assert main(["prune", str(DIGITS), "-o", str(tmp_path / "x.onnx"), "--plan", str(plan)]) == 4
+    assert "does not exist in this model" in capsys.readouterr().err
+
+
+def test_console_script_runs():
+    exe = shutil.which("graphprune") or f"{sys.executable} -m graphprune.cli"
+    res = subprocess.run([*exe.split(), "analyze", str(DIGITS)], capture_output=True, text=True)
+    assert res.returncode == 0 and "groups" in res.stdout
