@@ -72,7 +72,9 @@ def fold_constant_nodes(graph: gs.Graph) -> None:
             continue
         const = gs.Constant(out.name, np.asarray(arr))
         for consumer in list(out.outputs):
-            consumer.inputs[:] = [const if t is out else t for t in consumer.inputs]
+            for i, t in enumerate(consumer.inputs):
+                if t is out:
+                    consumer.inputs[i] = const
         node.outputs.clear()
     graph.cleanup(remove_unused_graph_inputs=False)
 

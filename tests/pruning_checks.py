@@ -58,13 +58,18 @@ def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True,
         assert assert_structure(result) > 0
         assert result.after["params"] < result.before["params"]
         assert result.after["macs"] < result.before["macs"]
-    # outputs keep their shapes
-    before = {o.name: o.type.tensor_type.shape for o in model.graph.output} \
-        if isinstance(model, onnx.ModelProto) else None
-    if before is not None:
+    if isinstance(model, onnx.ModelProto):  # outputs keep every known dim
+        before = {o.name: _dims(o) for o in model.graph.output}
         for o in result.model.graph.output:
-            assert o.type.tensor_type.shape == before[o.name]
+            after = _dims(o)
+            assert len(after) == len(before[o.name])
+            assert all(b is None or a == b for a, b in zip(after, before[o.name], strict=True))
     return result
+
+
+def _dims(vi) -> list:
+    return [d.dim_value if d.HasField("dim_value") else None
+            for d in vi.type.tensor_type.shape.dim]
 
 
 def run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
