@@ -113,7 +113,9 @@ def cmd_prune(args) -> int:
     check_ratio("--ratio", args.ratio)
     if args.round_to < 1 or args.min_keep < 1:
         raise UsageError("--round-to and --min-keep must be >= 1")
-    model = load_model(args.model)
+    model = load_model(args.model) if (args.calib or args.eval) else None
+    if model is None and not Path(args.model).is_file():
+        load_model(args.model)  # raises the one-line "no such file"
     plan = Plan.load(args.plan) if args.plan else None
     feeds = []
     if args.calib:
@@ -130,7 +132,7 @@ def cmd_prune(args) -> int:
         parity=not args.no_parity,
         parity_feeds=feeds,
     )
-    result = prune_model(model, opts, plan=plan)
+    result = prune_model(args.model, opts, plan=plan)
     extra = {}
     if args.eval:
         data, labels = load_npz(args.eval, model)
@@ -152,7 +154,7 @@ def cmd_prune(args) -> int:
         "plan": args.plan or None,
     }
     if not failed:
-        save_model_atomic(result.model, args.output)
+        result.after["bytes"] = save_model_atomic(result.model, args.output)
         if args.save_plan:
             result.plan.save(args.save_plan)
     rep = build_report(result, input_path=args.model, output_path=out, options=options, extra=extra)

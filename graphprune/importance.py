@@ -22,15 +22,23 @@ def unit_index(group: Group, labels: np.ndarray) -> np.ndarray:
     return np.where(group.unit_labels[pos] == labels, pos, -1)
 
 
+def slice_norms(w: np.ndarray, axis: int, p: int) -> np.ndarray:
+    """Lp norm of every index along ``axis`` (over all other axes), without a float64 copy."""
+    if p == 1:
+        others = tuple(a for a in range(w.ndim) if a != axis)
+        return np.abs(w).sum(axis=others, dtype=np.float64)
+    letters = "abcdefghijklmnop"[: w.ndim]
+    sq = np.einsum(f"{letters},{letters}->{letters[axis]}", w, w, dtype=np.float64)
+    return np.sqrt(sq)
+
+
 def carrier_scores(group: Group, analysis: Analysis, p: int) -> list[np.ndarray]:
     out = []
     for d in group.carriers():
         t = d.node.inputs[d.slot]
         if not isinstance(t, gs.Constant) or t.values.dtype.kind != "f" or t.values.ndim < 2:
             continue
-        w = np.moveaxis(np.abs(np.asarray(t.values, dtype=np.float64)), d.axis, 0)
-        w = w.reshape(w.shape[0], -1)
-        per_index = w.sum(1) if p == 1 else np.sqrt((w * w).sum(1))
+        per_index = slice_norms(np.asarray(t.values), d.axis, p)
         units = unit_index(group, analysis.labels[d.base : d.base + d.size])
         keep = units >= 0
         score = np.bincount(units[keep], weights=per_index[keep], minlength=group.units)

@@ -85,10 +85,10 @@ def model_bytes(model: onnx.ModelProto) -> int:
     return model.ByteSize()
 
 
-def summarize(model: onnx.ModelProto, shapes_from: onnx.ModelProto | None = None) -> dict:
-    """Params and bytes of ``model``; MACs from ``shapes_from`` (its shape-inferred twin)."""
+def summarize(model: onnx.ModelProto, with_bytes: bool = True) -> dict:
+    """Params, MACs (from the shapes in ``model.graph.value_info``) and serialized bytes."""
     return {
         "params": count_params(model),
-        "macs": count_macs(shapes_from or model),
-        "bytes": model_bytes(model),
+        "macs": count_macs(model),
+        "bytes": model_bytes(model) if with_bytes else 0,
     }

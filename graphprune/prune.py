@@ -70,12 +70,17 @@ def prune_model(
     """Prune ``model`` by ``plan`` (replayed) or by a new plan made from ``options``."""
     opts = options or PruneOptions()
     t = {"start": time.perf_counter()}
+    file_bytes = None
     if not isinstance(model, onnx.ModelProto):
+        file_bytes = Path(model).stat().st_size if Path(model).is_file() else None
         model = load_model(model)
     t["load"] = time.perf_counter()
     opset = opset_of(model)
-    inferred = infer_shapes(model)
-    graph = import_graph(inferred, inferred=True)
+    infer_shapes(model)  # fills value_info in place
+    before = summarize(model, with_bytes=file_bytes is None)
+    if file_bytes is not None:  # measuring a freshly parsed 100 MB proto costs ~0.2 s
+        before["bytes"] = file_bytes
+    graph = import_graph(model, inferred=True)
     analysis = analyze(graph, opset, tuple(opts.exclude))
     t["analyze"] = time.perf_counter()
     if plan is None:
@@ -99,9 +104,7 @@ def prune_model(
     t["parity"] = time.perf_counter()
     keys = list(t)
     timings = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
-    return PruneResult(
-        pruned, plan, analysis, parity, summarize(model, inferred), summarize(pruned), timings
-    )
+    return PruneResult(pruned, plan, analysis, parity, before, summarize(pruned), timings)
 
 
 def check_ratio(name: str, value: float) -> None:

@@ -196,7 +196,9 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
         return []
     unit_labels = np.unique(labels[weight_dims[edim]])
     in_unit = np.isin(labels, unit_labels)
-    pairs = np.unique(np.stack([labels[in_unit], edim[in_unit]], axis=1), axis=0)
+    ndims = len(space.dims)
+    keys = np.unique(labels[in_unit] * ndims + edim[in_unit])  # sorted (label, dim) pairs
+    pairs = np.stack([keys // ndims, keys % ndims], axis=1)
     bounds = np.flatnonzero(np.diff(pairs[:, 0])) + 1
     by_signature: dict[tuple, list[int]] = defaultdict(list)
     for chunk in np.split(pairs, bounds):

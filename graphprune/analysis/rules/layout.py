@@ -92,13 +92,17 @@ class Reshape(OpRule):
             raise Unsupported("rank unknown")
         if b is None or None in b:  # shape inference gave up (symbolic dims): resolve here
             sym_in = symbolic_shape(node.inputs[0])
-            full = None if sym_in is None else resolve_reshape(
-                sym_in, target.tolist(), bool(ctx.attr("allowzero", 0)))
+            full = (
+                None
+                if sym_in is None
+                else resolve_reshape(sym_in, target.tolist(), bool(ctx.attr("allowzero", 0)))
+            )
             if full is None:
                 raise Unsupported("output shape unknown")
             out_t = node.outputs[0]
-            names = {v: s for v, s in zip(sym_in, node.inputs[0].shape, strict=True)
-                     if is_symbol(v)}
+            names = {
+                v: s for v, s in zip(sym_in, node.inputs[0].shape, strict=True) if is_symbol(v)
+            }
             out_t.shape = [names[v] if is_symbol(v) else v for v in full]
             b = ctx.out_shape(0)
         one_to_one = link_reshape(ctx, a, b)
