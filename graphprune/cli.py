@@ -154,12 +154,18 @@ def cmd_prune(args) -> int:
         "plan": args.plan or None,
     }
     if not failed:
-        result.after["bytes"] = save_model_atomic(result.model, args.output)
-        if args.save_plan:
-            result.plan.save(args.save_plan)
+        try:
+            result.after["bytes"] = save_model_atomic(result.model, args.output)
+            if args.save_plan:
+                result.plan.save(args.save_plan)
+        except OSError as e:
+            raise UsageError(f"cannot write {e.filename or args.output}: {e.strerror}") from e
     rep = build_report(result, input_path=args.model, output_path=out, options=options, extra=extra)
     if args.json:
-        _write_json(args.json, rep)
+        try:
+            _write_json(args.json, rep)
+        except OSError as e:
+            raise UsageError(f"cannot write {args.json}: {e.strerror}") from e
     print(format_summary(rep))
     if failed:
         raise ParityError(

@@ -204,3 +204,22 @@ def test_units_removed_are_the_lowest_scored():
     m = g.model([g.op("Conv", [g.op("Relu", [a], "r"), g.w("c2.w", values=w2)], "y")])
     r = prune_and_check(m, 0.25)
     assert r.plan.groups[0].remove == [1, 6]
+
+
+def test_subgraph_op_freezes_outer_tensors_it_reads():
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    g.op("Relu", [conv(g, x, "c1", 3, 8)], "r")
+    then_out = onnx.helper.make_tensor_value_info("t_out", onnx.TensorProto.FLOAT, None)
+    then_g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["r"], ["t_out"])],
+                                    "then", [], [then_out])
+    else_g = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["r"], ["t_out"])],
+                                    "else", [], [then_out])
+    cond = g.const("cond", True, dtype=np.bool_)
+    g.nodes.append(onnx.helper.make_node("If", [cond], ["branch"], then_branch=then_g,
+                                         else_branch=else_g, name="if"))
+    m = g.model([conv(g, "branch", "y", 8, 2)])
+    an = analyze_model(m)
+    grp = group_of(an, "r")
+    assert grp.frozen
+    assert "used inside a subgraph" in grp.frozen_reasons

@@ -94,3 +94,33 @@ def test_console_script_runs():
     exe = shutil.which("graphprune") or f"{sys.executable} -m graphprune.cli"
     res = subprocess.run([*exe.split(), "analyze", str(DIGITS)], capture_output=True, text=True)
     assert res.returncode == 0 and "groups" in res.stdout
+
+
+def test_parity_failure_exits_6_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    """If the pruned model ever diverges from the masked original, the CLI must say so."""
+    import graphprune.prune as prune_mod
+
+    unmasked = lambda removal: onnx.load(str(DIGITS))  # noqa: E731 - reference not masked
+    monkeypatch.setattr(prune_mod, "masked_reference", unmasked)
+    out, rep = tmp_path / "x.onnx", tmp_path / "r.json"
+    assert main(["prune", str(DIGITS), "-o", str(out), "--json", str(rep)]) == 6
+    assert not out.exists()
+    assert json.loads(rep.read_text())["parity"]["status"] == "failed"
+    assert "parity failed" in capsys.readouterr().err
+
+
+def test_calibration_inputs_join_the_parity_check(tmp_path):
+    rep = tmp_path / "r.json"
+    calib = ROOT / "models" / "digits" / "digits_calib.npz"
+    assert main(["prune", str(DIGITS), "-o", str(tmp_path / "x.onnx"), "--calib", str(calib),
+                 "--json", str(rep)]) == 0
+    parity = json.loads(rep.read_text())["parity"]
+    assert parity["status"] == "exact" and parity["inputs"] > 3
+
+
+def test_unwritable_output_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["prune", str(DIGITS), "-o", str(blocker / "sub" / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot write" in err[0]
