@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import GraphpruneError, ParityError, UsageError
-from .evaluate import accuracy, load_npz
+from .evaluate import accuracy, load_npz, model_batches
 from .graph import load_model, save_model_atomic
 from .importance import CRITERIA
 from .plan import Plan
@@ -120,8 +120,7 @@ def cmd_prune(args) -> int:
     feeds = []
     if args.calib:
         calib, _ = load_npz(args.calib, model)
-        n = len(next(iter(calib.values())))
-        feeds = [{k: v[s : s + 8] for k, v in calib.items()} for s in range(0, min(n, 32), 8)]
+        feeds = model_batches(model, calib, size=8)[:4]
     opts = PruneOptions(
         ratio=args.ratio,
         criterion=args.criterion,
@@ -137,12 +136,10 @@ def cmd_prune(args) -> int:
     if args.eval:
         data, labels = load_npz(args.eval, model)
         if labels is not None:
-            extra["accuracy"] = {
-                "data": args.eval,
-                "samples": int(len(labels)),
-                "before": accuracy(model, data, labels),
-                "after": accuracy(result.model, data, labels),
-            }
+            acc_before, n = accuracy(model, data, labels)
+            acc_after, _ = accuracy(result.model, data, labels)
+            extra["accuracy"] = {"data": args.eval, "samples": n, "before": acc_before,
+                                 "after": acc_after}
     failed = result.parity.status == "failed"
     out = "" if failed else args.output
     options = {

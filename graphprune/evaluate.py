@@ -48,25 +48,32 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
     return None
 
 
-def batches(feeds: dict[str, np.ndarray], size: int):
+def batches(feeds: dict[str, np.ndarray], size: int, exact: bool):
+    """Chunks of ``size`` samples; with ``exact`` (a fixed batch dim) a short tail is dropped."""
     n = len(next(iter(feeds.values())))
     for s in range(0, n, size):
         chunk = {k: v[s : s + size] for k, v in feeds.items()}
-        if len(next(iter(chunk.values()))) == size or size == 0:
+        if not exact or len(next(iter(chunk.values()))) == size:
             yield chunk
 
 
+def model_batches(model: onnx.ModelProto, feeds: dict[str, np.ndarray], size: int = 64):
+    """Feeds cut to the model's fixed batch size, or to ``size`` when the batch is dynamic."""
+    fixed = fixed_batch(model)
+    chunks = list(batches(feeds, fixed or size, exact=fixed is not None))
+    if not chunks:
+        raise CalibrationError(f"fewer samples than the model's fixed batch size {fixed}")
+    return chunks
+
+
 def run_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """First output over all samples, fed in chunks of the model's fixed batch (or 64)."""
+    """First output over all samples (a fixed batch size drops the short tail)."""
     sess = session(model, optimize=True)
-    size = fixed_batch(model) or 64
-    outs = [sess.run(None, chunk)[0] for chunk in batches(feeds, size)]
-    if not outs:
-        raise CalibrationError(f"fewer samples than the model's fixed batch size {size}")
-    return np.concatenate(outs)
+    return np.concatenate([sess.run(None, chunk)[0] for chunk in model_batches(model, feeds)])
 
 
-def accuracy(model: onnx.ModelProto, feeds, labels) -> float:
+def accuracy(model: onnx.ModelProto, feeds, labels) -> tuple[float, int]:
+    """(accuracy, samples scored) of argmax of the first output against ``labels``."""
     out = run_outputs(model, feeds)
     pred = out.argmax(-1) if out.ndim > 1 else out
-    return float(np.mean(pred == labels[: len(pred)]))
+    return float(np.mean(pred == labels[: len(pred)])), len(pred)

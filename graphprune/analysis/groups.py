@@ -34,16 +34,11 @@ class Group:
     unit_labels: np.ndarray
     kind: str
     frozen_reasons: list[str] = field(default_factory=list)
+    key: str = ""  # stable name: anchor dim (+ first index / use), unique in the analysis
 
     @property
     def anchor(self) -> Dim:
         return self.dims[0]
-
-    @property
-    def key(self) -> str:
-        """Stable name: the anchor dim, plus the first index when another group shares it."""
-        first = int(self.unit_labels[0]) - self.anchor.base
-        return self.anchor.label() + (f"@{first}" if first else "")
 
     @property
     def units(self) -> int:
@@ -207,6 +202,7 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
     for sig, labs in sorted(by_signature.items(), key=lambda kv: kv[0]):
         dims = [space.dims[i] for i in sig]
         groups.append(Group(len(groups), dims, np.array(sorted(labs)), _kind(dims)))
+    _assign_keys(groups)
     # frozen reasons
     label_group = np.full(space.n, -1)
     for g in groups:
@@ -218,6 +214,18 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
         for gid, code in np.unique(np.stack([gids[hit], codes[hit]], 1), axis=0):
             groups[gid].frozen_reasons.append(space.reasons[code])
     return groups
+
+
+def _assign_keys(groups: list[Group]) -> None:
+    """Key = anchor dim label, ``@first index`` when groups share the anchor dim, and
+    ``#n`` in the rare case (one constant used twice) that this is still ambiguous."""
+    seen: dict[str, int] = {}
+    for g in groups:
+        first = int(g.unit_labels[0]) - g.anchor.base
+        key = g.anchor.label() + (f"@{first}" if first else "")
+        n = seen.get(key, 0)
+        seen[key] = n + 1
+        g.key = key if n == 0 else f"{key}#{n}"
 
 
 def _kind(dims: list[Dim]) -> str:
