@@ -138,8 +138,12 @@ def cmd_prune(args) -> int:
         if labels is not None:
             acc_before, n = accuracy(model, data, labels)
             acc_after, _ = accuracy(result.model, data, labels)
-            extra["accuracy"] = {"data": args.eval, "samples": n, "before": acc_before,
-                                 "after": acc_after}
+            extra["accuracy"] = {
+                "data": args.eval,
+                "samples": n,
+                "before": acc_before,
+                "after": acc_after,
+            }
     failed = result.parity.status == "failed"
     out = "" if failed else args.output
     options = {

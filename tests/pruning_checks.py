@@ -48,8 +48,7 @@ def assert_valid(model: onnx.ModelProto) -> None:
     ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True,
-                    **kw) -> PruneResult:
+def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True, **kw) -> PruneResult:
     result = prune_model(model, PruneOptions(ratio=ratio, **kw))
     assert_valid(result.model)
     assert result.parity.status == "exact", result.parity.per_output
@@ -68,13 +67,11 @@ def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True,
 
 
 def _dims(vi) -> list:
-    return [d.dim_value if d.HasField("dim_value") else None
-            for d in vi.type.tensor_type.shape.dim]
+    return [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
 
 
 def run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return sess.run(None, feed)

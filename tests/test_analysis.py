@@ -71,8 +71,12 @@ def test_grouped_and_depthwise_conv_refold_group(group, units):
 def test_flatten_to_gemm_removes_blocks_of_rows():
     g = G()
     x = g.input("x", [1, 3, 4, 4])
-    f = g.op("Flatten", [g.op("MaxPool", [conv(g, x, "c1", 3, 8)], "p", kernel_shape=[2, 2],
-                                   strides=[2, 2])], "flat", axis=1)
+    f = g.op(
+        "Flatten",
+        [g.op("MaxPool", [conv(g, x, "c1", 3, 8)], "p", kernel_shape=[2, 2], strides=[2, 2])],
+        "flat",
+        axis=1,
+    )
     m = g.model([g.op("Gemm", [f, g.w("fc.w", 5, 32), g.w("fc.b", 5)], "y", transB=1)])
     r = prune_and_check(m, 0.5)
     fc = next(t for t in r.model.graph.initializer if t.name.startswith("fc.w"))
@@ -99,8 +103,11 @@ def test_split_sizes_are_refolded():
     g = G()
     x = g.input("x", [1, 3, 8, 8])
     c = conv(g, x, "c1", 3, 16)
-    g.nodes.append(onnx.helper.make_node("Split", [c, g.const("sizes", [6, 10])],
-                                         ["s0", "s1"], axis=1, name="split"))
+    g.nodes.append(
+        onnx.helper.make_node(
+            "Split", [c, g.const("sizes", [6, 10])], ["s0", "s1"], axis=1, name="split"
+        )
+    )
     m = g.model([conv(g, "s0", "y0", 6, 2), conv(g, "s1", "y1", 10, 2)])
     r = prune_and_check(m, 0.5)
     split = next(n for n in r.model.graph.node if n.op_type == "Split")
@@ -159,8 +166,7 @@ def test_activation_contraction_is_masked_by_mul():
 def test_gemm_transposes_and_scales():
     g = G()
     x = g.input("x", [16, 4])
-    h = g.op("Gemm", [x, g.w("w1", 16, 12), g.w("b1", 12)], "h", transA=1, alpha=0.5,
-             beta=2.0)
+    h = g.op("Gemm", [x, g.w("w1", 16, 12), g.w("b1", 12)], "h", transA=1, alpha=0.5, beta=2.0)
     h = g.op("Relu", [h], "hr")
     m = g.model([g.op("Gemm", [h, g.w("w2", 3, 12), g.w("b2", 1, 3)], "y", transB=1)])
     r = prune_and_check(m, 0.5)
@@ -211,13 +217,18 @@ def test_subgraph_op_freezes_outer_tensors_it_reads():
     x = g.input("x", [1, 3, 8, 8])
     g.op("Relu", [conv(g, x, "c1", 3, 8)], "r")
     then_out = onnx.helper.make_tensor_value_info("t_out", onnx.TensorProto.FLOAT, None)
-    then_g = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["r"], ["t_out"])],
-                                    "then", [], [then_out])
-    else_g = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["r"], ["t_out"])],
-                                    "else", [], [then_out])
+    then_g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["r"], ["t_out"])], "then", [], [then_out]
+    )
+    else_g = onnx.helper.make_graph(
+        [onnx.helper.make_node("Neg", ["r"], ["t_out"])], "else", [], [then_out]
+    )
     cond = g.const("cond", True, dtype=np.bool_)
-    g.nodes.append(onnx.helper.make_node("If", [cond], ["branch"], then_branch=then_g,
-                                         else_branch=else_g, name="if"))
+    g.nodes.append(
+        onnx.helper.make_node(
+            "If", [cond], ["branch"], then_branch=then_g, else_branch=else_g, name="if"
+        )
+    )
     m = g.model([conv(g, "branch", "y", 8, 2)])
     an = analyze_model(m)
     grp = group_of(an, "r")

@@ -25,8 +25,20 @@ def test_analyze_lists_groups_and_reasons(capsys):
 
 def test_prune_writes_valid_model_and_report(tmp_path, capsys):
     out, rep = tmp_path / "small.onnx", tmp_path / "r.json"
-    code = main(["prune", str(DIGITS), "-o", str(out), "--ratio", "0.5", "--json", str(rep),
-                 "--eval", str(DIGITS_TEST)])
+    code = main(
+        [
+            "prune",
+            str(DIGITS),
+            "-o",
+            str(out),
+            "--ratio",
+            "0.5",
+            "--json",
+            str(rep),
+            "--eval",
+            str(DIGITS_TEST),
+        ]
+    )
     assert code == 0
     assert_valid(onnx.load(str(out)))
     r = json.loads(rep.read_text())
@@ -42,8 +54,23 @@ def test_prune_writes_valid_model_and_report(tmp_path, capsys):
 
 def test_save_and_replay_plan_gives_same_model(tmp_path):
     a, b, plan = tmp_path / "a.onnx", tmp_path / "b.onnx", tmp_path / "plan.json"
-    assert main(["prune", str(DIGITS), "-o", str(a), "--ratio", "0.3", "--criterion", "l1",
-                 "--save-plan", str(plan)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(DIGITS),
+                "-o",
+                str(a),
+                "--ratio",
+                "0.3",
+                "--criterion",
+                "l1",
+                "--save-plan",
+                str(plan),
+            ]
+        )
+        == 0
+    )
     assert main(["prune", str(DIGITS), "-o", str(b), "--plan", str(plan)]) == 0
     ia = {t.name: t.dims for t in onnx.load(str(a)).graph.initializer}
     ib = {t.name: t.dims for t in onnx.load(str(b)).graph.initializer}
@@ -61,15 +88,18 @@ def test_refuses_to_overwrite_input(tmp_path, capsys):
     assert len(err) == 1 and "overwrite" in err[0]
 
 
-@pytest.mark.parametrize("args,code,needle", [
-    (["prune", "missing.onnx", "-o", "x.onnx"], 3, "no such file"),
-    (["prune", "{garbage}", "-o", "x.onnx"], 3, "not a readable ONNX model"),
-    (["prune", "{digits}", "-o", "x.onnx", "--ratio", "1.5"], 2, "--ratio"),
-    (["prune", "{digits}", "-o", "x.onnx", "--criterion", "nope"], 2, "invalid choice"),
-    (["prune", "{digits}", "-o", "x.onnx", "--plan", "{garbage}"], 4, "not a graphprune plan"),
-    (["prune", "{digits}", "-o", "x.onnx", "--eval", "{garbage}"], 7, "cannot read"),
-    (["frobnicate"], 2, "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "args,code,needle",
+    [
+        (["prune", "missing.onnx", "-o", "x.onnx"], 3, "no such file"),
+        (["prune", "{garbage}", "-o", "x.onnx"], 3, "not a readable ONNX model"),
+        (["prune", "{digits}", "-o", "x.onnx", "--ratio", "1.5"], 2, "--ratio"),
+        (["prune", "{digits}", "-o", "x.onnx", "--criterion", "nope"], 2, "invalid choice"),
+        (["prune", "{digits}", "-o", "x.onnx", "--plan", "{garbage}"], 4, "not a graphprune plan"),
+        (["prune", "{digits}", "-o", "x.onnx", "--eval", "{garbage}"], 7, "cannot read"),
+        (["frobnicate"], 2, "invalid choice"),
+    ],
+)
 def test_bad_input_gives_one_line_and_exit_code(tmp_path, capsys, args, code, needle):
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"this is not protobuf at all \x00\xff")
@@ -83,9 +113,16 @@ def test_bad_input_gives_one_line_and_exit_code(tmp_path, capsys, args, code, ne
 
 def test_plan_for_another_model_is_rejected(tmp_path, capsys):
     plan = tmp_path / "plan.json"
-    plan.write_text(json.dumps({"groups": [{"key": "nope[1]", "kind": "channel", "units": 4,
-                                            "remove": [0]}], "criterion": "l2", "ratio": 0.5,
-                                "version": 1}))
+    plan.write_text(
+        json.dumps(
+            {
+                "groups": [{"key": "nope[1]", "kind": "channel", "units": 4, "remove": [0]}],
+                "criterion": "l2",
+                "ratio": 0.5,
+                "version": 1,
+            }
+        )
+    )
     assert main(["prune", str(DIGITS), "-o", str(tmp_path / "x.onnx"), "--plan", str(plan)]) == 4
     assert "does not exist in this model" in capsys.readouterr().err
 
@@ -112,8 +149,21 @@ def test_parity_failure_exits_6_and_writes_nothing(tmp_path, monkeypatch, capsys
 def test_calibration_inputs_join_the_parity_check(tmp_path):
     rep = tmp_path / "r.json"
     calib = ROOT / "models" / "digits" / "digits_calib.npz"
-    assert main(["prune", str(DIGITS), "-o", str(tmp_path / "x.onnx"), "--calib", str(calib),
-                 "--json", str(rep)]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                str(DIGITS),
+                "-o",
+                str(tmp_path / "x.onnx"),
+                "--calib",
+                str(calib),
+                "--json",
+                str(rep),
+            ]
+        )
+        == 0
+    )
     parity = json.loads(rep.read_text())["parity"]
     assert parity["status"] == "exact" and parity["inputs"] > 3
 

@@ -4,15 +4,18 @@ from graphprune.errors import UsageError
 from graphprune.plan import GroupPlan, Plan, n_remove
 
 
-@pytest.mark.parametrize("units,ratio,round_to,min_keep,removed", [
-    (64, 0.5, 1, 1, 32),
-    (64, 0.3, 1, 1, 19),
-    (64, 0.3, 8, 1, 16),   # keep 45 -> nearest multiple of 8 is 48
-    (10, 0.99, 1, 1, 9),   # at least one kept
-    (10, 0.5, 1, 8, 2),    # min_keep wins
-    (4, 0.5, 8, 1, 2),     # group smaller than round_to: plain ratio
-    (1, 0.9, 1, 1, 0),
-])
+@pytest.mark.parametrize(
+    "units,ratio,round_to,min_keep,removed",
+    [
+        (64, 0.5, 1, 1, 32),
+        (64, 0.3, 1, 1, 19),
+        (64, 0.3, 8, 1, 16),  # keep 45 -> nearest multiple of 8 is 48
+        (10, 0.99, 1, 1, 9),  # at least one kept
+        (10, 0.5, 1, 8, 2),  # min_keep wins
+        (4, 0.5, 8, 1, 2),  # group smaller than round_to: plain ratio
+        (1, 0.9, 1, 1, 0),
+    ],
+)
 def test_n_remove(units, ratio, round_to, min_keep, removed):
     assert n_remove(units, ratio, round_to, min_keep) == removed
 
@@ -25,5 +28,6 @@ def test_plan_round_trip(tmp_path):
 
 def test_ratio_validation():
     from graphprune.plan import make_plan
+
     with pytest.raises(UsageError):
         make_plan(None, {}, 1.0)

@@ -61,6 +61,16 @@ class LinkContext:
     def attr(self, name: str, default=None):
         return self.node.attrs.get(name, default)
 
+    def axes_operand(self, rank: int, slot: int = 1) -> list[int] | None:
+        """Sorted ``axes`` from the attribute (old opsets) or constant input ``slot`` (new
+        ones), normalised to ``rank``; None when absent. Raises Unsupported if dynamic."""
+        axes = self.attr("axes")
+        if axes is None and self.inp(slot) is not None:
+            axes = self.value(slot)
+            if axes is None:
+                raise Unsupported("axes computed at run time")
+        return None if axes is None else sorted(int(a) % rank for a in np.ravel(axes))
+
     # -- dims -----------------------------------------------------------------------------
     def _dim(self, t: gs.Tensor, axis: int, slot: int) -> Dim:
         shape = tensor_shape(t)

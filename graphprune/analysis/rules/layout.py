@@ -124,15 +124,6 @@ class Reshape(OpRule):
             rc.set_input(node, 1, new)
 
 
-def _axes(ctx, rank: int, slot: int = 1):
-    axes = ctx.attr("axes")
-    if axes is None and ctx.inp(slot) is not None:
-        axes = ctx.value(slot)
-        if axes is None:
-            raise Unsupported("axes computed at run time")
-    return None if axes is None else sorted(int(x) % rank for x in axes)
-
-
 @register
 class Squeeze(OpRule):
     ops = ("Squeeze",)
@@ -141,7 +132,7 @@ class Squeeze(OpRule):
         a = ctx.in_shape(0)
         if a is None:
             raise Unsupported("rank unknown")
-        axes = _axes(ctx, len(a))
+        axes = ctx.axes_operand(len(a))
         if axes is None:
             axes = [k for k, s in enumerate(a) if s == 1]
         kept = [k for k in range(len(a)) if k not in axes]
@@ -157,7 +148,7 @@ class Unsqueeze(OpRule):
         b = ctx.out_shape(0)
         if b is None:
             raise Unsupported("rank unknown")
-        axes = _axes(ctx, len(b))
+        axes = ctx.axes_operand(len(b))
         kept = [j for j in range(len(b)) if j not in axes]
         for k, j in enumerate(kept):
             ctx.identity(ctx.in_dim(0, k), ctx.out_dim(0, j))

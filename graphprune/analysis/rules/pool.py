@@ -18,15 +18,11 @@ class Pool(OpRule):
             ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
 
 
-def _reduced_axes(ctx, rank: int) -> list[int] | None:
-    axes = ctx.attr("axes")
-    if axes is None and ctx.inp(1) is not None:
-        axes = ctx.value(1)
-        if axes is None:
-            return None
-    if axes is None or len(axes) == 0:
+def _reduced_axes(ctx, rank: int) -> list[int]:
+    axes = ctx.axes_operand(rank)
+    if not axes:  # absent or empty: all axes, unless noop_with_empty_axes
         return [] if int(ctx.attr("noop_with_empty_axes", 0)) else list(range(rank))
-    return sorted(int(a) % rank for a in axes)
+    return axes
 
 
 @register
@@ -49,8 +45,6 @@ class Reduce(OpRule):
         if shape is None:
             raise Unsupported("rank unknown")
         axes = _reduced_axes(ctx, len(shape))
-        if axes is None:
-            raise Unsupported("axes computed at run time")
         keep = int(ctx.attr("keepdims", 1))
         out_ax = 0
         for ax in range(len(shape)):
