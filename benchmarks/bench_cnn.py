@@ -53,7 +53,7 @@ def interleaved_latency(a: bytes, b: bytes, feed: dict, iters: int, threads: int
     return float(np.median(times[0])), float(np.median(times[1]))
 
 
-def bench_latency(name: str, size: int, ratio: float, iters: int) -> None:
+def bench_latency(name: str, size: int, ratio: float, iters: int, round_to: int = 1) -> None:
     import torch
 
     entry = ZOO[name]
@@ -61,13 +61,13 @@ def bench_latency(name: str, size: int, ratio: float, iters: int) -> None:
         path = Path(tmp) / f"{name}-{size}.onnx"
         x = torch.randn(1, 3, size, size)
         export_torch(entry.make_module(), (x,), path, exporter="torchscript")
-        result = prune_model(str(path), PruneOptions(ratio=ratio))
+        result = prune_model(str(path), PruneOptions(ratio=ratio, round_to=round_to))
         original = path.read_bytes()
     pruned = result.model.SerializeToString()
     ideal = result.before["macs"] / result.after["macs"]
     feed = {"input": x.numpy()}
     print(
-        f"zoo model {name!r}, input 1x3x{size}x{size}, ratio {ratio}: "
+        f"zoo model {name!r}, input 1x3x{size}x{size}, ratio {ratio}, round-to {round_to}: "
         f"parity {result.parity.status}, MACs {result.before['macs']:,} -> "
         f"{result.after['macs']:,}, params {result.before['params']:,} -> "
         f"{result.after['params']:,}"
@@ -109,10 +109,11 @@ def main() -> None:
         default="resnet,resnet50",
         help="comma-separated zoo models for the latency part",
     )
+    ap.add_argument("--round-to", type=int, default=1, help="keep a multiple of N units")
     ap.add_argument("--skip-prune-time", action="store_true")
     args = ap.parse_args()
     for name in args.models.split(","):
-        bench_latency(name, args.size, args.ratio, args.iters)
+        bench_latency(name, args.size, args.ratio, args.iters, args.round_to)
     if not args.skip_prune_time:
         bench_prune_time(args.ratio)
 
