@@ -42,6 +42,25 @@ class RefoldContext:
             return None
         return np.asarray(ins[slot].values)
 
+    def private_producer(self, node: gs.Node, slot: int) -> gs.Node:
+        """The node producing ``node.inputs[slot]``, cloned first if others read its output,
+        so that rewriting it cannot change what the other readers see."""
+        t = node.inputs[slot]
+        producer = t.inputs[0]
+        if len(t.outputs) == 1:
+            return producer
+        out = gs.Variable(f"{t.name}_refold{next(_fresh)}", dtype=t.dtype, shape=t.shape)
+        clone = gs.Node(
+            producer.op,
+            name=f"{producer.name}_refold",
+            attrs=dict(producer.attrs),
+            inputs=list(producer.inputs),
+            outputs=[out],
+        )
+        self.removal.analysis.graph.nodes.append(clone)
+        node.inputs[slot] = out
+        return clone
+
     def set_input(self, node: gs.Node, slot: int, values: np.ndarray) -> None:
         base = node.name or node.op
         const = gs.Constant(f"{base}_refold{slot}_{next(_fresh)}", np.asarray(values))

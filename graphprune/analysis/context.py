@@ -108,6 +108,14 @@ class LinkContext:
         self.touched.add(d.id)
         self.space.freeze(d, f"{self.node.op}: {reason}")
 
+    def approximate(self, d: Dim, reason: str) -> None:
+        """Freeze ``d`` with a reason that width pruning (approximate parity) may lift."""
+        self.space.approximate.add(f"{self.node.op}: {reason}")
+        self.freeze(d, reason)
+
+    def tag(self, d: Dim, tag: str) -> None:
+        self.space.tag(d, tag)
+
     def identity(self, a: Dim, b: Dim) -> None:
         """Index i of ``a`` is index i of ``b``."""
         if a.size != b.size:

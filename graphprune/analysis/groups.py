@@ -35,6 +35,7 @@ class Group:
     kind: str
     frozen_reasons: list[str] = field(default_factory=list)
     key: str = ""  # stable name: anchor dim (+ first index / use), unique in the analysis
+    approximate: frozenset[str] = frozenset()  # the analysis' approximate-only reasons
 
     @property
     def anchor(self) -> Dim:
@@ -47,6 +48,11 @@ class Group:
     @property
     def frozen(self) -> bool:
         return bool(self.frozen_reasons)
+
+    @property
+    def width_only(self) -> bool:
+        """Frozen only because pruning it changes a normalisation (``--hidden`` lifts it)."""
+        return self.frozen and all(r in self.approximate for r in self.frozen_reasons)
 
     def carriers(self) -> list[Dim]:
         return [d for d in self.dims if d.kind == "const"]
@@ -201,7 +207,16 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
     groups = []
     for sig, labs in sorted(by_signature.items(), key=lambda kv: kv[0]):
         dims = [space.dims[i] for i in sig]
-        groups.append(Group(len(groups), dims, np.array(sorted(labs)), _kind(dims)))
+        kind = "head" if any("head" in space.tags.get(d.id, ()) for d in dims) else _kind(dims)
+        groups.append(
+            Group(
+                len(groups),
+                dims,
+                np.array(sorted(labs)),
+                kind,
+                approximate=frozenset(space.approximate),
+            )
+        )
     _assign_keys(groups)
     # frozen reasons
     label_group = np.full(space.n, -1)

@@ -42,19 +42,30 @@ def symbolic_shape(t: gs.Tensor) -> list[int] | None:
 
 
 def resolve_reshape(in_shape: list[int], target, allowzero: bool = False) -> list[int] | None:
-    """Output shape of Reshape(in_shape, target) with symbolic dims carried through."""
+    """Output shape of Reshape(in_shape, target) with symbolic dims carried through; a -1
+    may stand for one leftover symbol (``[-1, 8, 32]`` on a ``[batch, 8, 4, 8]`` input)."""
     out = [in_shape[j] if v == 0 and not allowzero else int(v) for j, v in enumerate(target)]
     if out.count(-1) > 1:
         return None
-    sym_in = sorted(v for v in in_shape if is_symbol(v))
-    sym_out = sorted(v for v in out if is_symbol(v))
+    leftover = sorted(v for v in in_shape if is_symbol(v))
+    for v in out:
+        if is_symbol(v):
+            if v not in leftover:
+                return None
+            leftover.remove(v)
     known_in = int(np.prod([v for v in in_shape if v >= 0]))
     known_out = int(np.prod([v for v in out if v >= 0]))
+    if known_out == 0 or known_in % known_out:
+        return None
+    factor = known_in // known_out
     if -1 in out:
-        if sym_in != sym_out or known_out == 0 or known_in % known_out:
+        if not leftover:
+            out[out.index(-1)] = factor
+        elif len(leftover) == 1 and factor == 1:
+            out[out.index(-1)] = leftover[0]
+        else:
             return None
-        out[out.index(-1)] = known_in // known_out
-    elif sym_in != sym_out or known_in != known_out:
+    elif leftover or factor != 1:
         return None
     return out
 

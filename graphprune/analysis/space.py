@@ -43,6 +43,10 @@ class ElementSpace:
     frozen_codes: list[int] = field(default_factory=list)
     reasons: list[str] = field(default_factory=list)
     _reason_ids: dict[str, int] = field(default_factory=dict)
+    #: reasons that only say "pruning this changes the function" (normalised widths)
+    approximate: set[str] = field(default_factory=set)
+    #: dim id -> tags a rule attached ("head": units are blocks split off by a Reshape)
+    tags: dict[int, set[str]] = field(default_factory=dict)
 
     def dim(
         self,
@@ -71,6 +75,9 @@ class ElementSpace:
         ib = np.asarray(ib, dtype=np.int64)
         self._edges_a.append(a.base + ia)
         self._edges_b.append(b.base + ib)
+
+    def tag(self, d: Dim, tag: str) -> None:
+        self.tags.setdefault(d.id, set()).add(tag)
 
     def freeze(self, d: Dim, reason: str, idx=None) -> None:
         code = self._reason_ids.setdefault(reason, len(self.reasons))

@@ -5,6 +5,7 @@ blocks; the other factors stay unmapped, hence frozen."""
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
 from ..shape_values import is_symbol, resolve_reshape, static_value, symbolic_shape
@@ -64,7 +65,10 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
         elif len(ii) == 1:  # split: e.g. hidden → (heads, head_dim)
             lead = next(k for k in jj if b[k] > 1)
             inner = int(np.prod([b[k] for k in jj if k > lead]))
-            ctx.block(ctx.in_dim(0, ii[0]), ctx.out_dim(0, lead), inner)
+            heads = ctx.out_dim(0, lead)
+            ctx.block(ctx.in_dim(0, ii[0]), heads, inner)
+            if inner > 1:
+                ctx.tag(heads, "head")
     return one_to_one
 
 
@@ -108,20 +112,58 @@ class Reshape(OpRule):
         one_to_one = link_reshape(ctx, a, b)
         if ctx.value(1) is not None:
             return
+        pieces = concat_pieces(node.inputs[1])
         for j, v in enumerate(target.tolist()):
-            if (v > 0 or (v == 0 and one_to_one.get(j) != j)) and not is_symbol(v):
-                ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
+            if is_symbol(v) or v == -1 or (v == 0 and one_to_one.get(j) == j):
+                continue  # follows the input at run time
+            if v > 0 and _piece_at(pieces, j) is not None:
+                continue  # a literal or a 1-element piece of a Concat: re-foldable
+            ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
 
     def refold(self, node, rc):
-        target = rc.value_of(1)
+        target = static_value(node.inputs[1])
+        out = node.outputs[0]
         if target is None:
             return
-        new = target.astype(np.int64).copy()
-        for j, v in enumerate(target.tolist()):
-            if v > 0:
-                new[j] = rc.new_size(node.outputs[0], j)
-        if not np.array_equal(new, target):
-            rc.set_input(node, 1, new)
+        if isinstance(node.inputs[1], gs.Constant):
+            new = target.astype(np.int64).copy()
+            for j, v in enumerate(target.tolist()):
+                if v > 0:
+                    new[j] = rc.new_size(out, j)
+            if not np.array_equal(new, target):
+                rc.set_input(node, 1, new)
+            return
+        for j, v in enumerate(target.tolist()):  # run-time target: rewrite its Concat piece
+            if v <= 0 or is_symbol(v) or rc.new_size(out, j) == v:
+                continue
+            concat = rc.private_producer(node, 1)
+            slot, start, piece = _piece_at(concat_pieces(concat.outputs[0]), j)
+            values = np.array(static_value(piece), dtype=np.int64).reshape(-1)
+            values[j - start] = rc.new_size(out, j)
+            rc.set_input(concat, slot, values)
+
+
+def concat_pieces(t):
+    """``[(slot, start, tensor)]`` of the Concat(axis 0) that produces ``t``, or None."""
+    if isinstance(t, gs.Constant) or len(t.inputs) != 1 or t.inputs[0].op != "Concat":
+        return None
+    pieces, pos = [], 0
+    for slot, x in enumerate(t.inputs[0].inputs):
+        v = static_value(x)
+        if v is None:
+            return None
+        pieces.append((slot, pos, x))
+        pos += int(np.asarray(v).size)
+    return pieces
+
+
+def _piece_at(pieces, j):
+    """The piece holding entry ``j`` if it can be rewritten: a constant, or one element."""
+    for slot, start, x in pieces or ():
+        n = int(np.asarray(static_value(x)).size)
+        if start <= j < start + n and (isinstance(x, gs.Constant) or n == 1):
+            return slot, start, x
+    return None
 
 
 @register

@@ -45,16 +45,28 @@ class GroupNorm(OpRule):
 
 @register
 class LayerNorm(OpRule):
-    """Axes before ``axis`` are independent rows; normalised axes are left unmapped."""
+    """Axes before ``axis`` are independent rows. The normalised axes are linked to the
+    output and to scale/bias, so the residual stream is one group; pruning it changes the
+    statistics, so it is frozen unless width pruning (approximate) is asked for."""
 
     ops = ("LayerNormalization",)
+    APPROXIMATE = "normalised axis (width pruning is approximate)"
 
     def link(self, node, ctx):
         shape = ctx.in_shape(0)
         if shape is None:
             raise Unsupported("rank unknown")
         axis = int(ctx.attr("axis", -1)) % len(shape)
-        for ax in range(axis):
-            ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+        link_all_axes(ctx)
         for ax in range(axis, len(shape)):
-            ctx.freeze(ctx.in_dim(0, ax), "normalised axis (width pruning is approximate)")
+            d = ctx.out_dim(0, ax)
+            for i in (1, 2):
+                p = ctx.in_shape(i)
+                if ctx.inp(i) is not None and p is not None:
+                    k = ax - (len(shape) - len(p))
+                    if k >= 0 and p[k] != 1:
+                        ctx.identity(ctx.in_dim(i, k), d)
+            ctx.approximate(d, self.APPROXIMATE)
+        for o in (1, 2):  # mean / inv-std-dev outputs (training graphs)
+            if ctx.out(o) is not None:
+                ctx.touch(*(ctx.out_dim(o, ax) for ax in range(len(ctx.out_shape(o) or ()))))
