@@ -46,6 +46,7 @@ def export_torch(
     output_names: Sequence[str] | None = None,
     dynamic_batch: bool = False,
     opset: int = 18,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> str:
     """Export ``module`` (in eval mode, without grad) to ``path`` and return the path.
 
@@ -54,7 +55,10 @@ def export_torch(
     .onnx file with the weights inlined, checked with ``onnx.checker.check_model``.
     Input names default to ``input`` (``input0, input1, ...`` for several inputs);
     output names default to ``output`` likewise. ``dynamic_batch`` makes axis 0 of
-    every input and output symbolic (``batch``).
+    every input and output symbolic (``batch``). ``dynamic_axes`` maps input/output
+    names to ``{axis: symbol}`` for further symbolic axes (torchscript's format); with
+    the dynamo exporter only input axes are declared, and every axis they make symbolic
+    is renamed to its symbol in the file.
     """
     try:
         import torch
@@ -75,9 +79,11 @@ def export_torch(
     path = os.fspath(path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
 
-    dynamic_axes = None
+    axes: dict[str, dict[int, str]] = {}
     if dynamic_batch:
-        dynamic_axes = {name: {0: "batch"} for name in in_names + out_names}
+        axes = {name: {0: "batch"} for name in in_names + out_names}
+    for name, extra in (dynamic_axes or {}).items():
+        axes[name] = {**axes.get(name, {}), **extra}
 
     with _quiet(), torch.no_grad():
         if exporter == "torchscript":
@@ -90,14 +96,16 @@ def export_torch(
                 output_names=out_names,
                 opset_version=opset,
                 do_constant_folding=True,
-                dynamic_axes=dynamic_axes,
+                dynamic_axes=axes or None,
             )
             model = onnx.load(path)
         else:
             dynamic_shapes = None
-            if dynamic_batch:
-                batch = torch.export.Dim.DYNAMIC
-                dynamic_shapes = tuple({0: batch} for _ in example_inputs)
+            if axes:
+                dyn = torch.export.Dim.DYNAMIC
+                dynamic_shapes = tuple(
+                    {axis: dyn for axis in axes.get(name, {})} or None for name in in_names
+                )
             program = torch.onnx.export(
                 module,
                 example_inputs,
@@ -109,9 +117,14 @@ def export_torch(
                 dynamic_shapes=dynamic_shapes,
                 verbose=False,
             )
-            batch_dim = program.model.graph.inputs[0].shape[0]
-            if dynamic_batch and not isinstance(batch_dim, int):
-                program.rename_axes({batch_dim: "batch"})
+            renames = {}
+            for value in program.model.graph.inputs:
+                for axis, symbol in axes.get(value.name, {}).items():
+                    dim = value.shape[axis]
+                    if not isinstance(dim, int) and symbol not in renames.values():
+                        renames.setdefault(dim, symbol)
+            if renames:
+                program.rename_axes(renames)
             model = program.model_proto
             onnx.save_model(model, path, save_as_external_data=False)
     onnx.checker.check_model(model)

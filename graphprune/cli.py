@@ -23,6 +23,9 @@ from .report import build_report, format_analysis, format_summary, group_rows
 
 log = logging.getLogger("graphprune")
 
+#: CLI flag -> group kind it sets a ratio for
+KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel"}
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2
@@ -52,9 +55,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--ratio",
         type=float,
-        default=0.5,
-        help="fraction of units removed from every prunable group (default 0.5)",
+        help="fraction of units removed from every prunable group whose kind has no ratio of "
+        "its own (default 0.5, or 0 when --heads/--mlp/--channels is given)",
     )
+    for flag, kind in KIND_FLAGS.items():
+        r.add_argument(
+            f"--{flag}",
+            type=float,
+            metavar="R",
+            help=f"fraction of units removed from every {kind} group",
+        )
     r.add_argument("--criterion", choices=CRITERIA, default="l2")
     r.add_argument(
         "--round-to", type=int, default=1, metavar="N", help="keep a multiple of N units per group"
@@ -110,6 +120,14 @@ def cmd_analyze(args) -> int:
 def cmd_prune(args) -> int:
     if _same_file(args.model, args.output):
         raise UsageError("output path is the input model; refusing to overwrite it")
+    ratios = {}
+    for flag, kind in KIND_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            check_ratio(f"--{flag}", value)
+            ratios[kind] = value
+    if args.ratio is None:
+        args.ratio = 0.0 if ratios else 0.5
     check_ratio("--ratio", args.ratio)
     if args.round_to < 1 or args.min_keep < 1:
         raise UsageError("--round-to and --min-keep must be >= 1")
@@ -123,6 +141,7 @@ def cmd_prune(args) -> int:
         feeds = model_batches(model, calib, size=8)[:4]
     opts = PruneOptions(
         ratio=args.ratio,
+        ratios=ratios,
         criterion=args.criterion,
         round_to=args.round_to,
         min_keep=args.min_keep,
@@ -148,6 +167,7 @@ def cmd_prune(args) -> int:
     out = "" if failed else args.output
     options = {
         "ratio": args.ratio,
+        "ratios": ratios,
         "criterion": args.criterion,
         "round_to": args.round_to,
         "min_keep": args.min_keep,

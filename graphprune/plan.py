@@ -29,6 +29,7 @@ class Plan:
     groups: list[GroupPlan] = field(default_factory=list)
     criterion: str = "l2"
     ratio: float = 0.0
+    ratios: dict[str, float] = field(default_factory=dict)  # per group kind, over ``ratio``
     version: int = PLAN_VERSION
 
     @property
@@ -68,14 +69,19 @@ def make_plan(
     round_to: int = 1,
     min_keep: int = 1,
     criterion: str = "l2",
+    ratios: dict[str, float] | None = None,
 ) -> Plan:
-    if not 0.0 <= ratio < 1.0:
-        raise UsageError(f"--ratio must be in [0, 1), got {ratio}")
+    """Remove the lowest-scored units of every prunable group: ``ratios[kind]`` of a group
+    of that kind ("head", "neuron", "channel", ...), ``ratio`` for the other kinds."""
+    ratios = dict(ratios or {})
+    for name, r in [("--ratio", ratio), *ratios.items()]:
+        if not 0.0 <= r < 1.0:
+            raise UsageError(f"{name} ratio must be in [0, 1), got {r}")
     if round_to < 1:
         raise UsageError(f"--round-to must be >= 1, got {round_to}")
-    plan = Plan(criterion=criterion, ratio=ratio)
+    plan = Plan(criterion=criterion, ratio=ratio, ratios=ratios)
     for g in analysis.prunable:
-        k = n_remove(g.units, ratio, round_to, min_keep)
+        k = n_remove(g.units, ratios.get(g.kind, ratio), round_to, min_keep)
         if k == 0:
             continue
         order = np.argsort(scores[g.id], kind="stable")[:k]

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class PruneOptions:
     ratio: float = 0.5
+    ratios: dict[str, float] = field(default_factory=dict)  # per group kind
     criterion: str = "l2"
     round_to: int = 1
     min_keep: int = 1
@@ -85,7 +86,15 @@ def prune_model(
     t["analyze"] = time.perf_counter()
     if plan is None:
         scores = score_groups(analysis, opts.criterion, opts.seed)
-        plan = make_plan(analysis, scores, opts.ratio, opts.round_to, opts.min_keep, opts.criterion)
+        plan = make_plan(
+            analysis,
+            scores,
+            opts.ratio,
+            opts.round_to,
+            opts.min_keep,
+            opts.criterion,
+            opts.ratios,
+        )
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
     reference = masked_reference(removal) if opts.parity else None

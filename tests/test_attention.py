@@ -1,0 +1,72 @@
+"""Attention heads and MLP neurons found and removed in exported transformer blocks (both
+torch exporters, static and dynamic shapes), with no model code or head count given."""
+
+import pytest
+
+from graphprune.prune import analyze_model
+from pruning_checks import prune_and_check
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from exporters.torch_export import export_torch  # noqa: E402
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block written the plain way (view/transpose/matmul/softmax)."""
+
+    def __init__(self, d=32, heads=4, ff=64):
+        super().__init__()
+        self.h, self.dh = heads, d // heads
+        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.f1, self.f2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x):
+        b, s, d = x.shape
+        y = self.ln1(x)
+        q, k, v = (
+            p(y).view(b, s, self.h, self.dh).transpose(1, 2) for p in (self.q, self.k, self.v)
+        )
+        att = ((q @ k.transpose(-1, -2)) / self.dh**0.5).softmax(-1)
+        x = x + self.o((att @ v).transpose(1, 2).reshape(b, s, d))
+        return x + self.f2(nn.functional.gelu(self.f1(self.ln2(x))))
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), Block()).eval()
+    x = torch.randn(2, 8, 32)
+    cache = {}
+
+    def get(exporter, dynamic):
+        key = (exporter, dynamic)
+        if key not in cache:
+            path = tmp_path_factory.mktemp("attn") / f"{exporter}-{dynamic}.onnx"
+            cache[key] = export_torch(model, (x,), path, exporter=exporter, dynamic_batch=dynamic)
+        return cache[key]
+
+    return get
+
+
+def _heads_per_layer(result):
+    return sorted(gp.units - len(gp.remove) for gp in result.plan.groups if gp.kind == "head")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_heads_and_mlp_found_and_pruned(exported, exporter, dynamic):
+    import onnx
+
+    model = onnx.load(exported(exporter, dynamic))
+    analysis = analyze_model(model)
+    kinds = sorted((g.kind, g.units) for g in analysis.prunable)
+    assert kinds == [("head", 4), ("head", 4), ("neuron", 64), ("neuron", 64)]
+    (hidden,) = analysis.frozen  # the residual stream: normalised, and the graph's I/O
+    assert hidden.units == 32 and any("normalised" in r for r in hidden.frozen_reasons)
+    result = prune_and_check(model, 0.0, ratios={"head": 0.5, "neuron": 0.25})
+    assert _heads_per_layer(result) == [2, 2]
+    mlp = sorted(gp.units - len(gp.remove) for gp in result.plan.groups if gp.kind == "neuron")
+    assert mlp == [48, 48]
