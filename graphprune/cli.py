@@ -65,6 +65,14 @@ def _parser() -> argparse.ArgumentParser:
             metavar="R",
             help=f"fraction of units removed from every {kind} group",
         )
+    r.add_argument(
+        "--hidden",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="Minitron-style width: fraction of units removed from groups frozen only by a "
+        "normalisation (LayerNorm/RMSNorm widths); parity is then approximate",
+    )
     r.add_argument("--criterion", choices=CRITERIA, default="l2")
     r.add_argument(
         "--round-to", type=int, default=1, metavar="N", help="keep a multiple of N units per group"
@@ -126,8 +134,9 @@ def cmd_prune(args) -> int:
         if value is not None:
             check_ratio(f"--{flag}", value)
             ratios[kind] = value
+    check_ratio("--hidden", args.hidden)
     if args.ratio is None:
-        args.ratio = 0.0 if ratios else 0.5
+        args.ratio = 0.0 if (ratios or args.hidden) else 0.5
     check_ratio("--ratio", args.ratio)
     if args.round_to < 1 or args.min_keep < 1:
         raise UsageError("--round-to and --min-keep must be >= 1")
@@ -142,6 +151,7 @@ def cmd_prune(args) -> int:
     opts = PruneOptions(
         ratio=args.ratio,
         ratios=ratios,
+        hidden=args.hidden,
         criterion=args.criterion,
         round_to=args.round_to,
         min_keep=args.min_keep,
@@ -168,6 +178,7 @@ def cmd_prune(args) -> int:
     options = {
         "ratio": args.ratio,
         "ratios": ratios,
+        "hidden": args.hidden,
         "criterion": args.criterion,
         "round_to": args.round_to,
         "min_keep": args.min_keep,

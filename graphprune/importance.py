@@ -60,4 +60,5 @@ def score_group(
 
 def score_groups(analysis: Analysis, criterion: str = "l2", seed: int = 0) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return {g.id: score_group(g, analysis, criterion, rng) for g in analysis.prunable}
+    groups = [g for g in analysis.groups if not g.frozen or g.width_only]
+    return {g.id: score_group(g, analysis, criterion, rng) for g in groups}

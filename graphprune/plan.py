@@ -22,6 +22,7 @@ class GroupPlan:
     kind: str
     units: int  # units in the group before pruning
     remove: list[int]  # unit positions (ordered as in the anchor dim)
+    approximate: bool = False  # a normalised width (``--hidden``): changes the function
 
 
 @dataclass
@@ -70,22 +71,29 @@ def make_plan(
     min_keep: int = 1,
     criterion: str = "l2",
     ratios: dict[str, float] | None = None,
+    hidden: float = 0.0,
 ) -> Plan:
     """Remove the lowest-scored units of every prunable group: ``ratios[kind]`` of a group
-    of that kind ("head", "neuron", "channel", ...), ``ratio`` for the other kinds."""
+    of that kind ("head", "neuron", "channel", ...), ``ratio`` for the other kinds, and
+    ``hidden`` of every group frozen only by a normalisation (Minitron width: approximate)."""
     ratios = dict(ratios or {})
-    for name, r in [("--ratio", ratio), *ratios.items()]:
+    for name, r in [("--ratio", ratio), ("--hidden", hidden), *ratios.items()]:
         if not 0.0 <= r < 1.0:
             raise UsageError(f"{name} ratio must be in [0, 1), got {r}")
     if round_to < 1:
         raise UsageError(f"--round-to must be >= 1, got {round_to}")
     plan = Plan(criterion=criterion, ratio=ratio, ratios=ratios)
-    for g in analysis.prunable:
-        k = n_remove(g.units, ratios.get(g.kind, ratio), round_to, min_keep)
+    for g in analysis.groups:
+        approximate = g.width_only and hidden > 0
+        if g.frozen and not approximate:
+            continue
+        r = hidden if approximate else ratios.get(g.kind, ratio)
+        k = n_remove(g.units, r, round_to, min_keep)
         if k == 0:
             continue
         order = np.argsort(scores[g.id], kind="stable")[:k]
-        plan.groups.append(GroupPlan(g.key, g.kind, g.units, sorted(int(u) for u in order)))
+        remove = sorted(int(u) for u in order)
+        plan.groups.append(GroupPlan(g.key, g.kind, g.units, remove, approximate))
     return plan
 
 
@@ -97,7 +105,7 @@ def removed_labels(plan: Plan, analysis: Analysis) -> np.ndarray:
         g = by_key.get(gp.key)
         if g is None:
             raise PlanError(f"plan group {gp.key!r} does not exist in this model")
-        if g.frozen:
+        if g.frozen and not (gp.approximate and g.width_only):
             raise PlanError(f"plan group {gp.key!r} is frozen: {'; '.join(g.frozen_reasons)}")
         if g.units != gp.units:
             raise PlanError(f"plan group {gp.key!r} has {g.units} units here, plan says {gp.units}")

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 class PruneOptions:
     ratio: float = 0.5
     ratios: dict[str, float] = field(default_factory=dict)  # per group kind
+    hidden: float = 0.0  # Minitron width: normalised groups (approximate parity)
     criterion: str = "l2"
     round_to: int = 1
     min_keep: int = 1
@@ -94,6 +95,7 @@ def prune_model(
             opts.min_keep,
             opts.criterion,
             opts.ratios,
+            opts.hidden,
         )
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
@@ -106,7 +108,10 @@ def prune_model(
     check_model(pruned)
     t["rewrite"] = time.perf_counter()
     if reference is not None:
-        parity = compare(reference, pruned, feeds=opts.parity_feeds, seed=opts.seed)
+        approximate = any(gp.approximate for gp in plan.groups)
+        parity = compare(
+            reference, pruned, feeds=opts.parity_feeds, seed=opts.seed, approximate=approximate
+        )
     else:
         session(pruned)  # it must at least load
         parity = ParityResult("skipped")

@@ -70,3 +70,44 @@ def test_heads_and_mlp_found_and_pruned(exported, exporter, dynamic):
     assert _heads_per_layer(result) == [2, 2]
     mlp = sorted(gp.units - len(gp.remove) for gp in result.plan.groups if gp.kind == "neuron")
     assert mlp == [48, 48]
+
+
+class TinyLM(nn.Module):
+    """Token embedding -> blocks -> final LayerNorm -> LM head: the width is internal."""
+
+    def __init__(self, vocab=50, d=32):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        self.blocks = nn.Sequential(Block(d), Block(d))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, ids):
+        return self.head(self.norm(self.blocks(self.emb(ids))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_hidden_width_is_pruned_approximately(tmp_path, exporter):
+    import onnx
+
+    from graphprune.prune import PruneOptions, prune_model
+    from pruning_checks import assert_structure, assert_valid
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    path = export_torch(TinyLM().eval(), (ids,), tmp_path / "lm.onnx", exporter=exporter)
+    model = onnx.load(path)
+    analysis = analyze_model(model)
+    (hidden,) = [g for g in analysis.groups if g.width_only]
+    assert hidden.units == 32
+    weights = {d.tensor for d in hidden.carriers()}
+    assert any("emb" in w for w in weights) and any("ln" in w or "norm" in w for w in weights)
+    result = prune_model(model, PruneOptions(ratio=0.0, hidden=0.25))
+    assert_valid(result.model)
+    assert assert_structure(result) > 0
+    (gp,) = result.plan.groups
+    assert gp.approximate and gp.units - len(gp.remove) == 24
+    assert result.parity.status == "approximate"
+    assert 0 < result.parity.max_abs_diff < float("inf")
+    assert result.after["params"] < result.before["params"]

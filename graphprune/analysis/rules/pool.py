@@ -25,6 +25,9 @@ def _reduced_axes(ctx, rank: int) -> list[int]:
     return axes
 
 
+SUMS = ("ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2")
+
+
 @register
 class Reduce(OpRule):
     ops = (
@@ -49,7 +52,15 @@ class Reduce(OpRule):
         out_ax = 0
         for ax in range(len(shape)):
             if ax in axes:
+                d = ctx.in_dim(0, ax)
+                if node.op in SUMS:  # a sum over zeroed entries is a sum over the kept ones
+                    ctx.contract(0, d)
+                elif node.op == "ReduceMean":
+                    ctx.approximate(d, "mean over the axis (width pruning is approximate)")
+                else:
+                    ctx.freeze(d, "reduced axis")
                 if keep:
+                    ctx.touch(ctx.out_dim(0, out_ax))
                     out_ax += 1
                 continue
             ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, out_ax))
