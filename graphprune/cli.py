@@ -215,6 +215,9 @@ def main(argv=None) -> int:
     except GraphpruneError as e:
         print(f"graphprune: error: {e}", file=sys.stderr)
         return e.exit_code
+    except BrokenPipeError:  # stdout closed early (``| head``): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except KeyboardInterrupt:
         print("graphprune: interrupted", file=sys.stderr)
         return 130

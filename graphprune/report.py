@@ -26,6 +26,7 @@ def group_rows(analysis: Analysis) -> list[dict]:
                 "key": g.key,
                 "kind": g.kind,
                 "units": g.units,
+                "unit_width": g.unit_width,
                 "members": len(g.dims),
                 "weights": weights,
                 "frozen": g.frozen,
@@ -112,16 +113,19 @@ def format_analysis(analysis: Analysis, verbose: bool = False) -> str:
         f"{len(rows)} groups: {len(analysis.prunable)} prunable, {len(analysis.frozen)} frozen",
         "",
     ]
-    lines.append(f"{'id':>4}  {'kind':<8} {'units':>6}  {'status':<8} group (anchor) / reason")
+    lines.append(f"{'id':>4}  {'kind':<8} {'units':>9}  {'status':<8} group (anchor) / reason")
     for r in rows:
         status = "frozen" if r["frozen"] else "prunable"
+        if r["frozen"] and set(r["reasons"]) <= analysis.space.approximate:
+            status = "width"  # prunable with --hidden (approximate)
+        units = f"{r['units']}" + (f"x{r['unit_width']}" if r["unit_width"] > 1 else "")
         w = ", ".join(r["weights"][:4]) + (" ..." if len(r["weights"]) > 4 else "")
         lines.append(
-            f"{r['id']:>4}  {r['kind']:<8} {r['units']:>6}  {status:<8} {r['key']}"
+            f"{r['id']:>4}  {r['kind']:<8} {units:>9}  {status:<8} {r['key']}"
             f"  [{r['members']} dims; weights: {w}]"
         )
         for reason in r["reasons"][: None if verbose else 3]:
-            lines.append(f"{'':>30}- {reason}")
+            lines.append(f"{'':>33}- {reason}")
     reasons = frozen_reasons(analysis)
     if reasons:
         lines += ["", "frozen groups by reason:"]

@@ -47,8 +47,9 @@ def _config(name: str):
         )  # fmt: skip
     if name == "gpt2":
         return tf.GPT2Config(
-            **common, n_embd=64, n_layer=2, n_head=4, n_positions=64, use_cache=False
-        )
+            **common, n_embd=64, n_layer=2, n_head=4, n_positions=64, use_cache=False,
+            bos_token_id=VOCAB - 1, eos_token_id=VOCAB - 1,
+        )  # fmt: skip
     if name == "llama":
         return tf.LlamaConfig(
             **common, hidden_size=64, num_hidden_layers=2, num_attention_heads=8,

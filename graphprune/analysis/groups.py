@@ -54,6 +54,11 @@ class Group:
         """Frozen only because pruning it changes a normalisation (``--hidden`` lifts it)."""
         return self.frozen and all(r in self.approximate for r in self.frozen_reasons)
 
+    @property
+    def unit_width(self) -> int:
+        """Indices one unit spans in the widest weight axis (head_dim for a head group)."""
+        return max((d.size // self.units for d in self.carriers()), default=1)
+
     def carriers(self) -> list[Dim]:
         return [d for d in self.dims if d.kind == "const"]
 
@@ -228,6 +233,9 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
         hit = gids >= 0
         for gid, code in np.unique(np.stack([gids[hit], codes[hit]], 1), axis=0):
             groups[gid].frozen_reasons.append(space.reasons[code])
+    for g in groups:  # the residual stream: frozen (also) by a normalisation over its width
+        if any(r in space.approximate for r in g.frozen_reasons):
+            g.kind = "hidden"
     return groups
 
 
