@@ -121,7 +121,7 @@ def export_torch(
             for value in program.model.graph.inputs:
                 for axis, symbol in axes.get(value.name, {}).items():
                     dim = value.shape[axis]
-                    if not isinstance(dim, int) and symbol not in renames.values():
+                    if not isinstance(dim, int):
                         renames.setdefault(dim, symbol)
             if renames:
                 program.rename_axes(renames)

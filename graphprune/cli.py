@@ -73,6 +73,19 @@ def _parser() -> argparse.ArgumentParser:
         help="Minitron-style width: fraction of units removed from groups frozen only by a "
         "normalisation (LayerNorm/RMSNorm widths); parity is then approximate",
     )
+    r.add_argument(
+        "--drop-layers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="depth: drop the N lowest-scored attention/MLP sub-blocks",
+    )
+    r.add_argument(
+        "--drop-layers-list",
+        metavar="I,J",
+        default="",
+        help="depth: drop exactly these blocks (indices from `analyze`)",
+    )
     r.add_argument("--criterion", choices=CRITERIA, default="l2")
     r.add_argument(
         "--round-to", type=int, default=1, metavar="N", help="keep a multiple of N units per group"
@@ -135,8 +148,15 @@ def cmd_prune(args) -> int:
             check_ratio(f"--{flag}", value)
             ratios[kind] = value
     check_ratio("--hidden", args.hidden)
+    try:
+        drop_list = tuple(int(x) for x in args.drop_layers_list.split(",") if x.strip())
+    except ValueError as e:
+        raise UsageError(f"--drop-layers-list takes indices like 3,5: {e}") from e
+    if args.drop_layers < 0:
+        raise UsageError("--drop-layers must be >= 0")
+    depth_only = bool(args.drop_layers or drop_list)
     if args.ratio is None:
-        args.ratio = 0.0 if (ratios or args.hidden) else 0.5
+        args.ratio = 0.0 if (ratios or args.hidden or depth_only) else 0.5
     check_ratio("--ratio", args.ratio)
     if args.round_to < 1 or args.min_keep < 1:
         raise UsageError("--round-to and --min-keep must be >= 1")
@@ -152,6 +172,8 @@ def cmd_prune(args) -> int:
         ratio=args.ratio,
         ratios=ratios,
         hidden=args.hidden,
+        drop_layers=args.drop_layers,
+        drop_list=drop_list,
         criterion=args.criterion,
         round_to=args.round_to,
         min_keep=args.min_keep,
@@ -179,6 +201,8 @@ def cmd_prune(args) -> int:
         "ratio": args.ratio,
         "ratios": ratios,
         "hidden": args.hidden,
+        "drop_layers": args.drop_layers,
+        "drop_layers_list": list(drop_list),
         "criterion": args.criterion,
         "round_to": args.round_to,
         "min_keep": args.min_keep,

@@ -23,6 +23,7 @@ class GroupPlan:
     units: int  # units in the group before pruning
     remove: list[int]  # unit positions (ordered as in the anchor dim)
     approximate: bool = False  # a normalised width (``--hidden``): changes the function
+    drop: bool = False  # the whole sub-block goes (depth); ``remove`` is every unit
 
 
 @dataclass
@@ -72,10 +73,12 @@ def make_plan(
     criterion: str = "l2",
     ratios: dict[str, float] | None = None,
     hidden: float = 0.0,
+    drop: list | None = None,
 ) -> Plan:
     """Remove the lowest-scored units of every prunable group: ``ratios[kind]`` of a group
     of that kind ("head", "neuron", "channel", ...), ``ratio`` for the other kinds, and
-    ``hidden`` of every group frozen only by a normalisation (Minitron width: approximate)."""
+    ``hidden`` of every group frozen only by a normalisation (Minitron width: approximate).
+    Groups in ``drop`` (depth: see ``graphprune.depth``) lose every unit."""
     ratios = dict(ratios or {})
     for name, r in [("--ratio", ratio), ("--hidden", hidden), *ratios.items()]:
         if not 0.0 <= r < 1.0:
@@ -83,7 +86,11 @@ def make_plan(
     if round_to < 1:
         raise UsageError(f"--round-to must be >= 1, got {round_to}")
     plan = Plan(criterion=criterion, ratio=ratio, ratios=ratios)
+    dropped = {g.id for g in drop or ()}
     for g in analysis.groups:
+        if g.id in dropped:
+            plan.groups.append(GroupPlan(g.key, g.kind, g.units, list(range(g.units)), drop=True))
+            continue
         approximate = g.width_only and hidden > 0
         if g.frozen and not approximate:
             continue
@@ -112,7 +119,7 @@ def removed_labels(plan: Plan, analysis: Analysis) -> np.ndarray:
         rem = np.asarray(gp.remove, dtype=np.int64)
         if len(rem) and (rem.min() < 0 or rem.max() >= g.units):
             raise PlanError(f"plan group {gp.key!r}: unit index out of range")
-        if len(np.unique(rem)) >= g.units:
+        if len(np.unique(rem)) >= g.units and not gp.drop:
             raise PlanError(f"plan group {gp.key!r} removes every unit")
         out.append(g.unit_labels[rem])
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

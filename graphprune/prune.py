@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from graphprune.passes.drop_blocks import DropBlocks
 from graphprune.passes.mask_units import masked_reference
 from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import Removal
 from graphprune.passes.slice_constants import SliceConstants
 
 from .analysis.groups import Analysis, analyze
+from .depth import Block, choose_blocks, find_blocks
 from .errors import UsageError
 from .graph import check_model, export_model, import_graph, infer_shapes, load_model
 from .importance import score_groups
@@ -31,6 +33,8 @@ class PruneOptions:
     ratio: float = 0.5
     ratios: dict[str, float] = field(default_factory=dict)  # per group kind
     hidden: float = 0.0  # Minitron width: normalised groups (approximate parity)
+    drop_layers: int = 0  # depth: drop this many lowest-scored attention/MLP sub-blocks
+    drop_list: tuple[int, ...] = ()  # ... or exactly these blocks (``find_blocks`` indices)
     criterion: str = "l2"
     round_to: int = 1
     min_keep: int = 1
@@ -87,6 +91,7 @@ def prune_model(
     t["analyze"] = time.perf_counter()
     if plan is None:
         scores = score_groups(analysis, opts.criterion, opts.seed)
+        drop = select_blocks(analysis, opts)
         plan = make_plan(
             analysis,
             scores,
@@ -96,12 +101,13 @@ def prune_model(
             opts.criterion,
             opts.ratios,
             opts.hidden,
+            [b.group for b in drop],
         )
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
     reference = masked_reference(removal) if opts.parity else None
     t["mask"] = time.perf_counter()
-    for p in (RefoldCounts(), SliceConstants()):
+    for p in (RefoldCounts(), SliceConstants(), DropBlocks()):
         res = p.run(removal)
         log.info("pass %s: %s", res.name, res.detail or ("changed" if res.modified else "-"))
     pruned = export_model(graph, template=model)
@@ -119,6 +125,23 @@ def prune_model(
     keys = list(t)
     timings = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
     return PruneResult(pruned, plan, analysis, parity, before, summarize(pruned), timings)
+
+
+def select_blocks(analysis: Analysis, opts: PruneOptions) -> list[Block]:
+    if not (opts.drop_layers or opts.drop_list):
+        return []
+    blocks = find_blocks(analysis)
+    bad = [i for i in opts.drop_list if not 0 <= i < len(blocks)]
+    if bad:
+        raise UsageError(
+            f"--drop-layers-list: no block {bad[0]} (this model has "
+            f"{len(blocks)} droppable blocks; see `graphprune analyze`)"
+        )
+    if opts.drop_layers > len(blocks):
+        raise UsageError(
+            f"--drop-layers {opts.drop_layers}: this model has only {len(blocks)} droppable blocks"
+        )
+    return choose_blocks(blocks, opts.drop_layers, opts.drop_list)
 
 
 def check_ratio(name: str, value: float) -> None:

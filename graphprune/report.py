@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from .analysis.groups import Analysis
+from .depth import find_blocks
 from .prune import PruneResult
 
 
@@ -59,6 +60,7 @@ def build_report(
             "pruned": len(pruned_keys),
             "frozen": len(a.frozen),
             "frozen_reasons": frozen_reasons(a),
+            "dropped_blocks": [gp.key for gp in result.plan.groups if gp.drop],
             "pruned_detail": [
                 {
                     "key": gp.key,
@@ -126,6 +128,17 @@ def format_analysis(analysis: Analysis, verbose: bool = False) -> str:
         )
         for reason in r["reasons"][: None if verbose else 3]:
             lines.append(f"{'':>33}- {reason}")
+    blocks = find_blocks(analysis)
+    if blocks:
+        lines += [
+            "",
+            "droppable sub-blocks (--drop-layers N drops the lowest scores; "
+            "score = norm of what the block writes to the residual):",
+        ]
+        lines += [
+            f"  {b.index:>4}  {b.kind:<9} score {b.score:10.4f}  group {b.group.key}"
+            for b in blocks
+        ]
     reasons = frozen_reasons(analysis)
     if reasons:
         lines += ["", "frozen groups by reason:"]

@@ -23,13 +23,18 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
 
 
 def assert_structure(result: PruneResult) -> int:
-    """Every activation dim of every pruned group has exactly the planned size; returns the
-    number of dims checked."""
+    """Every activation dim of every pruned group has exactly the planned size, and every
+    activation of a dropped sub-block is gone; returns the number of dims checked."""
     analysis = result.analysis
     removal = Removal(analysis, removed_labels(result.plan, analysis))
     shapes = _shapes(result.model)
+    present = {t for n in result.model.graph.node for t in list(n.input) + list(n.output)}
     checked = 0
     for d in removal.dims_touched():
+        if d.kind == "act" and len(removal.of_dim(d)) == d.size:  # a dropped block
+            assert d.tensor not in present, f"{d.tensor} survived its block being dropped"
+            checked += 1
+            continue
         if d.kind != "act" or d.tensor not in shapes:
             continue
         expect = d.size - len(removal.of_dim(d))

@@ -111,3 +111,31 @@ def test_hidden_width_is_pruned_approximately(tmp_path, exporter):
     assert result.parity.status == "approximate"
     assert 0 < result.parity.max_abs_diff < float("inf")
     assert result.after["params"] < result.before["params"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_drop_layers_rewires_the_residual(exported, exporter):
+    import onnx
+
+    from graphprune.depth import find_blocks
+
+    model = onnx.load(exported(exporter, True))
+    blocks = find_blocks(analyze_model(model))
+    assert [b.kind for b in blocks] == ["attention", "mlp", "attention", "mlp"]
+    result = prune_and_check(model, 0.0, drop_list=(0, 3))
+    dropped = [gp for gp in result.plan.groups if gp.drop]
+    assert [gp.key for gp in dropped] == [blocks[0].group.key, blocks[3].group.key]
+    ops = [n.op_type for n in result.model.graph.node]
+    assert ops.count("Softmax") == 1 and ops.count("Erf") == 1  # one attention, one MLP left
+    assert result.after["macs"] < 0.6 * result.before["macs"]
+
+
+def test_drop_layers_list_out_of_range_is_a_usage_error(tmp_path, exported, capsys):
+    from graphprune.cli import main
+
+    out = tmp_path / "x.onnx"
+    code = main(
+        ["prune", exported("torchscript", False), "-o", str(out), "--drop-layers-list", "9"]
+    )
+    assert code == 2 and "no block 9" in capsys.readouterr().err and not out.exists()
