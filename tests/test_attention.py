@@ -10,27 +10,7 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from exporters.torch_export import export_torch  # noqa: E402
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block written the plain way (view/transpose/matmul/softmax)."""
-
-    def __init__(self, d=32, heads=4, ff=64):
-        super().__init__()
-        self.h, self.dh = heads, d // heads
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d) for _ in range(4))
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.f1, self.f2 = nn.Linear(d, ff), nn.Linear(ff, d)
-
-    def forward(self, x):
-        b, s, d = x.shape
-        y = self.ln1(x)
-        q, k, v = (
-            p(y).view(b, s, self.h, self.dh).transpose(1, 2) for p in (self.q, self.k, self.v)
-        )
-        att = ((q @ k.transpose(-1, -2)) / self.dh**0.5).softmax(-1)
-        x = x + self.o((att @ v).transpose(1, 2).reshape(b, s, d))
-        return x + self.f2(nn.functional.gelu(self.f1(self.ln2(x))))
+from models.blocks import Block, TinyLlama, TinyLM  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -70,20 +50,6 @@ def test_heads_and_mlp_found_and_pruned(exported, exporter, dynamic):
     assert _heads_per_layer(result) == [2, 2]
     mlp = sorted(gp.units - len(gp.remove) for gp in result.plan.groups if gp.kind == "neuron")
     assert mlp == [48, 48]
-
-
-class TinyLM(nn.Module):
-    """Token embedding -> blocks -> final LayerNorm -> LM head: the width is internal."""
-
-    def __init__(self, vocab=50, d=32):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, d)
-        self.blocks = nn.Sequential(Block(d), Block(d))
-        self.norm = nn.LayerNorm(d)
-        self.head = nn.Linear(d, vocab)
-
-    def forward(self, ids):
-        return self.head(self.norm(self.blocks(self.emb(ids))))
 
 
 @pytest.mark.slow
@@ -139,3 +105,55 @@ def test_drop_layers_list_out_of_range_is_a_usage_error(tmp_path, exported, caps
         ["prune", exported("torchscript", False), "-o", str(out), "--drop-layers-list", "9"]
     )
     assert code == 2 and "no block 9" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TinyLlama().eval()
+    ids = torch.randint(0, 50, (2, 12))
+    cache = {}
+
+    def get(exporter):
+        if exporter not in cache:
+            path = tmp_path_factory.mktemp("llama") / f"{exporter}.onnx"
+            cache[exporter] = export_torch(model, (ids,), path, exporter=exporter)
+        return cache[exporter]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_gqa_rope_swiglu(llama, exporter):
+    """Units are whole KV groups (a KV head with its query heads): q_heads % kv_heads stays 0;
+    RoPE on head_dim leaves heads prunable; SwiGLU's gate and up are one group."""
+    import onnx
+
+    model = onnx.load(llama(exporter))
+    analysis = analyze_model(model)
+    kinds = sorted((g.kind, g.units, g.unit_width) for g in analysis.prunable)
+    assert kinds == [("head", 2, 32), ("head", 2, 32), ("neuron", 96, 1), ("neuron", 96, 1)]
+    mlp = next(g for g in analysis.prunable if g.kind == "neuron")
+    assert len({d.tensor for d in mlp.carriers()}) == 3  # gate, up, down
+    result = prune_and_check(model, 0.0, ratios={"head": 0.5, "neuron": 0.5})
+    shapes = sorted(tuple(t.dims) for t in result.model.graph.initializer if len(t.dims) == 2)
+    # per layer: q (64, 32) = 4 query heads of 8; k, v (64, 8) = 1 KV head; o (32, 64)
+    assert shapes.count((64, 32)) == 2 and shapes.count((64, 8)) == 4
+    assert shapes.count((32, 64)) == 2
+    assert shapes.count((64, 48)) == 4 and shapes.count((48, 64)) == 2  # SwiGLU 96 -> 48
+
+
+@pytest.mark.slow
+def test_rmsnorm_width_and_depth_on_llama(llama):
+    import onnx
+
+    model = onnx.load(llama("dynamo"))
+    from graphprune.prune import PruneOptions, prune_model
+
+    result = prune_model(model, PruneOptions(ratio=0.0, hidden=0.25))
+    assert result.parity.status == "approximate"
+    (gp,) = result.plan.groups
+    assert gp.kind == "hidden" and gp.units - len(gp.remove) == 48
+    dropped = prune_and_check(model, 0.0, drop_layers=2)
+    assert sum(gp.drop for gp in dropped.plan.groups) == 2

@@ -212,6 +212,8 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
     groups = []
     for sig, labs in sorted(by_signature.items(), key=lambda kv: kv[0]):
         dims = [space.dims[i] for i in sig]
+        if all(d.kind == "const" for d in dims):
+            continue  # a constant axis linked to no activation: nothing to prune
         kind = "head" if any("head" in space.tags.get(d.id, ()) for d in dims) else _kind(dims)
         groups.append(
             Group(

@@ -111,6 +111,14 @@ def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
             for ax, s, e, st in zip(axes, starts, ends, steps, strict=True):
                 sl[int(ax)] = slice(int(s), int(e), int(st))
             return args[0][tuple(sl)]
+        if op == "ConstantOfShape":
+            value = a.get("value")
+            fill = value.values.reshape(-1)[0] if isinstance(value, gs.Constant) else 0.0
+            return np.full(args[0].astype(np.int64), fill)
+        if op == "Equal" and args[1] is not None:
+            return np.equal(args[0], args[1])
+        if op == "Where" and all(v is not None for v in args):
+            return np.where(args[0], args[1], args[2])
         if op in ("Add", "Sub", "Mul", "Div") and args[1] is not None:
             x, y = args[0], args[1]
             if any(is_symbol(v) for v in np.concatenate([x.ravel(), y.ravel()])):

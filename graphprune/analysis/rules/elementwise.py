@@ -65,10 +65,11 @@ def link_broadcast(ctx, in_slots, out_slot: int = 0) -> None:
             raise Unsupported("input rank unknown")
         off = len(out_shape) - len(shape)
         for ax, size in enumerate(shape):
-            d = ctx.in_dim(i, ax)
-            if size == 1 and out_shape[ax + off] != 1:
-                continue  # broadcast axis: stays size 1
-            ctx.identity(d, ctx.out_dim(out_slot, ax + off))
+            if size == 1 and out_shape[ax + off] != 1:  # broadcast axis: stays size 1
+                if ctx.in_shape(i) is not None and ctx.value(i) is None:
+                    ctx.touch(ctx.in_dim(i, ax))
+                continue
+            ctx.identity(ctx.in_dim(i, ax), ctx.out_dim(out_slot, ax + off))
 
 
 @register

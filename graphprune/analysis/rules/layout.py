@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
-from ..shape_values import is_symbol, resolve_reshape, static_value, symbolic_shape
+from ..shape_values import is_symbol, resolve_reshape, static_value, symbol, symbolic_shape
 from .registry import OpRule, register
 
 
@@ -112,35 +112,56 @@ class Reshape(OpRule):
         one_to_one = link_reshape(ctx, a, b)
         if ctx.value(1) is not None:
             return
-        pieces = concat_pieces(node.inputs[1])
         for j, v in enumerate(target.tolist()):
             if is_symbol(v) or v == -1 or (v == 0 and one_to_one.get(j) == j):
                 continue  # follows the input at run time
-            if v > 0 and _piece_at(pieces, j) is not None:
+            if v > 0 and operand_refoldable(node.inputs[1], j):
                 continue  # a literal or a 1-element piece of a Concat: re-foldable
             ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
 
     def refold(self, node, rc):
         target = static_value(node.inputs[1])
-        out = node.outputs[0]
         if target is None:
             return
-        if isinstance(node.inputs[1], gs.Constant):
-            new = target.astype(np.int64).copy()
-            for j, v in enumerate(target.tolist()):
-                if v > 0:
-                    new[j] = rc.new_size(out, j)
-            if not np.array_equal(new, target):
-                rc.set_input(node, 1, new)
-            return
-        for j, v in enumerate(target.tolist()):  # run-time target: rewrite its Concat piece
-            if v <= 0 or is_symbol(v) or rc.new_size(out, j) == v:
-                continue
-            concat = rc.private_producer(node, 1)
-            slot, start, piece = _piece_at(concat_pieces(concat.outputs[0]), j)
-            values = np.array(static_value(piece), dtype=np.int64).reshape(-1)
-            values[j - start] = rc.new_size(out, j)
-            rc.set_input(concat, slot, values)
+        out = node.outputs[0]
+        new = {}
+        for j, v in enumerate(target.tolist()):
+            if v > 0 and not is_symbol(v) and rc.new_size(out, j) != v:
+                new[j] = rc.new_size(out, j)
+        refold_operand(rc, node, 1, new)
+
+
+def refold_operand(rc, node, slot: int, new: dict[int, int]) -> None:
+    """Set entries of the shape operand ``node.inputs[slot]``: a constant is replaced by a
+    new one; a run-time Concat has the piece holding each entry rewritten (the Concat is
+    cloned first if others read it)."""
+    if not new:
+        return
+    t = node.inputs[slot]
+    if isinstance(t, gs.Constant) or _fully_static(t):
+        values = np.array(static_value(t), dtype=np.int64).reshape(-1)
+        for j, v in new.items():
+            values[j] = v
+        rc.set_input(node, slot, values)
+        return
+    for j, v in new.items():
+        concat = rc.private_producer(node, slot)
+        piece_slot, start, piece = _piece_at(concat_pieces(concat.outputs[0]), j)
+        values = np.array(static_value(piece), dtype=np.int64).reshape(-1)
+        values[j - start] = v
+        rc.set_input(concat, piece_slot, values)
+
+
+def operand_refoldable(t, j: int) -> bool:
+    """Entry ``j`` of shape operand ``t`` can be rewritten by ``refold_operand``."""
+    return _fully_static(t) or _piece_at(concat_pieces(t), j) is not None
+
+
+def _fully_static(t) -> bool:
+    """A constant, or computed only from constants and static dims (no symbolic batch):
+    it can be replaced whole by a constant holding the new values."""
+    v = static_value(t)
+    return v is not None and not any(is_symbol(int(x)) for x in np.ravel(v))
 
 
 def concat_pieces(t):
@@ -263,26 +284,60 @@ class Resize(OpRule):
 
 @register
 class Expand(OpRule):
+    """Broadcast to a shape: axes that keep their size pass through; the shape operand (a
+    constant or a run-time Concat) is re-folded where a linked axis changes."""
+
     ops = ("Expand",)
 
     def link(self, node, ctx):
-        a, b = ctx.in_shape(0), ctx.out_shape(0)
-        if a is None or b is None or ctx.value(1) is None:
-            raise Unsupported("shape computed at run time")
+        shape = static_value(node.inputs[1])
+        a = symbolic_shape(node.inputs[0])
+        if shape is None or a is None:
+            raise Unsupported("shape not evaluable")
+        b = _broadcast(a, [int(v) for v in shape])
+        if b is None:
+            raise Unsupported("shapes do not broadcast")
+        if ctx.out_shape(0) is None or None in ctx.out_shape(0):
+            names = {symbol(x): x for x in (node.inputs[0].shape or []) if isinstance(x, str)}
+            node.outputs[0].shape = [
+                names.get(v, f"expand_{node.name}_{k}") if is_symbol(v) else v
+                for k, v in enumerate(b)
+            ]
         off = len(b) - len(a)
         for ax, size in enumerate(a):
             if size == 1 and b[ax + off] != 1:
                 ctx.touch(ctx.in_dim(0, ax))
                 continue
-            ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax + off))
+            d = ctx.out_dim(0, ax + off)
+            ctx.identity(ctx.in_dim(0, ax), d)
+            k = ax + off - (len(b) - len(shape))
+            v = int(shape[k]) if k >= 0 else 1
+            if v > 1 and not is_symbol(v) and not operand_refoldable(node.inputs[1], k):
+                ctx.freeze(d, "size computed at run time")
 
     def refold(self, node, rc):
-        shape = rc.value_of(1).astype(np.int64)
+        shape = static_value(node.inputs[1])
         out = node.outputs[0]
         off = len(rc.old_shape(out)) - len(shape)
-        new = shape.copy()
-        for k, v in enumerate(shape.tolist()):
-            if v > 1:
-                new[k] = rc.new_size(out, k + off)
-        if not np.array_equal(new, shape):
-            rc.set_input(node, 1, new)
+        new = {
+            k: rc.new_size(out, k + off)
+            for k, v in enumerate(shape.tolist())
+            if v > 1 and not is_symbol(v) and rc.new_size(out, k + off) != v
+        }
+        refold_operand(rc, node, 1, new)
+
+
+def _broadcast(a: list[int], shape: list[int]) -> list[int] | None:
+    """Output of Expand(input of shape ``a``, ``shape``) with symbolic sentinels."""
+    rank = max(len(a), len(shape))
+    a = [1] * (rank - len(a)) + a
+    shape = [1] * (rank - len(shape)) + shape
+    out = []
+    for x, y in zip(a, shape, strict=True):
+        if y == 1 or x == y:
+            out.append(x)
+        elif x == 1:
+            out.append(y)
+        else:
+            return None
+    return out
