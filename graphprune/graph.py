@@ -58,15 +58,32 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Static shape inference with data propagation (so Shape→Reshape chains get shapes).
-    Fills ``model.graph.value_info`` in place and returns ``model``."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(_skeleton(model), data_prop=True)
-    except Exception as e:
-        log.warning("shape inference failed (%s); continuing with the shapes in the file", e)
-        return model
+    Graphs with ONNX Runtime contrib ops (fused attention, SkipLayerNorm...) go through ORT's
+    symbolic shape inference, which knows those ops. Fills ``model.graph.value_info`` in
+    place and returns ``model``."""
+    skeleton = _skeleton(model)
+    inferred = None
+    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        inferred = _symbolic_infer(skeleton)
+    if inferred is None:
+        try:
+            inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+        except Exception as e:
+            log.warning("shape inference failed (%s); continuing with the shapes in the file", e)
+            return model
     del model.graph.value_info[:]
     model.graph.value_info.extend(inferred.graph.value_info)
     return model
+
+
+def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception as e:  # missing sympy, or an op it does not know
+        log.warning("ORT symbolic shape inference failed (%s); using onnx's", e)
+        return None
 
 
 def import_graph(model: onnx.ModelProto, inferred: bool = False) -> gs.Graph:

@@ -78,6 +78,15 @@ def _node_macs(n, shapes) -> int:
         if not (a and y):
             return 0
         return int(np.prod(y)) * a[-1]
+    if n.op_type == "Attention" and len(n.input) > 1:  # com.microsoft fused attention
+        x, w = get(n.input[0]), get(n.input[1])
+        if not (x and w) or len(x) != 3:
+            return 0
+        b, s, c = x
+        sizes = _attr(n, "qkv_hidden_sizes", None) or [w[1] // 3] * 3
+        projection = b * s * c * w[1]
+        scores_and_context = b * s * s * (int(sizes[0]) + int(sizes[2]))
+        return projection + scores_and_context
     return 0
 
 

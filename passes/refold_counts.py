@@ -75,10 +75,10 @@ class RefoldCounts:
 
     def run(self, removal: Removal) -> PassResult:
         rc = RefoldContext(removal)
-        for node in removal.analysis.graph.nodes:
+        for node in list(removal.analysis.graph.nodes):
             rule = rule_for(node)
-            if rule is None:
-                continue
+            if rule is None or id(node) not in removal.analysis.linked:
+                continue  # a node its rule could not map has every dim frozen
             rc.node = node
             attrs = dict(node.attrs)
             rule.refold(node, rc)

@@ -72,6 +72,7 @@ class Analysis:
     contractions: list
     opset: int
     implicit: set[str] = field(default_factory=set)  # names read inside subgraphs
+    linked: set[int] = field(default_factory=set)  # id() of nodes whose rule mapped them
 
     @property
     def prunable(self) -> list[Group]:
@@ -127,6 +128,7 @@ def analyze(graph: gs.Graph, opset: int, exclude=()) -> Analysis:
     space = ElementSpace()
     ctx = LinkContext(space, opset)
     implicit: set[str] = set()
+    linked: set[int] = set()
     for node in graph.nodes:
         ctx.node, ctx.touched = node, set()
         acts = [
@@ -155,6 +157,7 @@ def analyze(graph: gs.Graph, opset: int, exclude=()) -> Analysis:
             for t in acts:
                 _freeze_tensor(ctx, t, f"{node.op}: {e}")
             continue
+        linked.add(id(node))
         for t in acts:  # anything the rule did not map is frozen
             shape = tensor_shape(t)
             for ax in range(len(shape or ())):
@@ -184,7 +187,7 @@ def analyze(graph: gs.Graph, opset: int, exclude=()) -> Analysis:
         len(groups),
         sum(g.frozen for g in groups),
     )
-    return Analysis(graph, space, labels, groups, ctx.contractions, opset, implicit)
+    return Analysis(graph, space, labels, groups, ctx.contractions, opset, implicit, linked)
 
 
 def _is_weight(d: Dim) -> bool:

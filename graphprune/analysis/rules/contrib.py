@@ -1,0 +1,288 @@
+"""ONNX Runtime contrib ops (``com.microsoft``), as the transformer optimizer emits them.
+
+Fused attention gets a virtual ``heads`` dim. Attention's packed weight is
+``[C, Dq | Dk | Dv]`` with each block head-major (column ``off + h*H + j`` is head h), its
+bias likewise; the output's width is ``Dv = N*Hv``. Removing heads slices those columns and
+re-folds ``num_heads`` (and ``qkv_hidden_sizes`` when present): ORT derives the head size
+from ``width / num_heads`` and runs silently wrong if the count is left stale.
+GroupQueryAttention's unit is a KV head with its ``N/kvN`` query heads.
+Skip/Embed/Simplified LayerNorms only carry the hidden width (approximate, like LayerNorm);
+the Bias* / FastGelu family is elementwise with broadcasting.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..context import Unsupported
+from .elementwise import link_all_axes, link_broadcast
+from .registry import OpRule, register
+
+MS = "com.microsoft"
+APPROXIMATE = "normalised axis (width pruning is approximate)"
+
+
+def _head_blocks(ctx, d, heads, offset: int, width: int, group: int = 1) -> None:
+    """Elements ``offset + h*width + j`` of ``d`` belong to unit ``h // group`` of ``heads``."""
+    i = np.arange(width * heads.size * group)
+    ctx.space.link(d, offset + i, heads, i // width // group)
+
+
+def _heads_new_size(node, rc, tag: str = "heads") -> tuple[int, int]:
+    d = rc.removal.analysis.space.index[("virtual", id(node), tag)]
+    return d.size, d.size - len(rc.removal.of_dim(d))
+
+
+@register
+class Attention(OpRule):
+    domain = MS
+    ops = ("Attention",)
+
+    def link(self, node, ctx):
+        x, w, y = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
+        n = int(ctx.attr("num_heads", 0))
+        if x is None or w is None or y is None or n <= 0 or ctx.value(1) is None:
+            raise Unsupported("shapes or weights unknown")
+        if ctx.inp(4) is not None or ctx.out(1) is not None:
+            raise Unsupported("past/present state carries the head count")
+        sizes = ctx.attr("qkv_hidden_sizes") or [w[1] // 3] * 3
+        dq, dk, dv = (int(s) for s in sizes)
+        if dq % n or dv % n or dq != dk or dq + dk + dv != w[1]:
+            raise Unsupported("packed weight does not split into heads")
+        heads = ctx.virtual("heads", n)
+        ctx.tag(heads, "head")
+        for slot in (1, 2):
+            if ctx.inp(slot) is None:
+                continue
+            d = ctx.in_dim(slot, 1 if slot == 1 else 0)
+            _head_blocks(ctx, d, heads, 0, dq // n)
+            _head_blocks(ctx, d, heads, dq, dk // n)
+            _head_blocks(ctx, d, heads, dq + dk, dv // n)
+        w_in = ctx.in_dim(1, 0)
+        ctx.identity(ctx.in_dim(0, 2), w_in)
+        ctx.contract(1, w_in)
+        for ax in (0, 1):
+            ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+        _head_blocks(ctx, ctx.out_dim(0, 2), heads, 0, dv // n)
+
+    def refold(self, node, rc):
+        old, new = _heads_new_size(node, rc)
+        if new == old:
+            return
+        node.attrs["num_heads"] = new
+        if node.attrs.get("qkv_hidden_sizes"):
+            node.attrs["qkv_hidden_sizes"] = [
+                int(s) * new // old for s in node.attrs["qkv_hidden_sizes"]
+            ]
+
+
+@register
+class MultiHeadAttention(OpRule):
+    """Separate 3-D query/key/value (weights live in the MatMuls feeding them); ``bias`` is
+    ``[bq | bk | bv]``, each head-major."""
+
+    domain = MS
+    ops = ("MultiHeadAttention",)
+
+    def link(self, node, ctx):
+        n = int(ctx.attr("num_heads", 0))
+        shapes = [ctx.in_shape(i) for i in range(3)]
+        if n <= 0 or any(s is None or len(s) != 3 for s in shapes) or ctx.out(1) is not None:
+            raise Unsupported("packed, cached or unknown query/key/value")
+        if any(ctx.inp(i) is not None for i in range(5, len(node.inputs))):
+            raise Unsupported("past/attention-bias inputs carry the head count")
+        heads = ctx.virtual("heads", n)
+        ctx.tag(heads, "head")
+        widths = [s[2] for s in shapes]
+        if any(wd is None or wd % n for wd in widths):
+            raise Unsupported("width not divisible by num_heads")
+        for i, wd in enumerate(widths):
+            _head_blocks(ctx, ctx.in_dim(i, 2), heads, 0, wd // n)
+            ctx.touch(ctx.in_dim(i, 0), ctx.in_dim(i, 1))
+        if ctx.inp(3) is not None:
+            bias = ctx.in_dim(3, 0)
+            off = 0
+            for wd in widths:
+                _head_blocks(ctx, bias, heads, off, wd // n)
+                off += wd
+        for ax in (0, 1):
+            ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+        _head_blocks(ctx, ctx.out_dim(0, 2), heads, 0, widths[2] // n)
+
+    def refold(self, node, rc):
+        old, new = _heads_new_size(node, rc)
+        if new != old:
+            node.attrs["num_heads"] = new
+
+
+@register
+class GroupQueryAttention(OpRule):
+    """Packed or separate Q/K/V; a unit is one KV head with its ``num_heads/kv_num_heads``
+    query heads, so the ratio stays whole."""
+
+    domain = MS
+    ops = ("GroupQueryAttention",)
+
+    def link(self, node, ctx):
+        n, kv = int(ctx.attr("num_heads", 0)), int(ctx.attr("kv_num_heads", 0))
+        q = ctx.in_shape(0)
+        if n <= 0 or kv <= 0 or n % kv or q is None or len(q) != 3 or q[2] is None:
+            raise Unsupported("head counts or query shape unknown")
+        rep = n // kv
+        groups = ctx.virtual("heads", kv)
+        ctx.tag(groups, "head")
+        qd = ctx.in_dim(0, 2)
+        if ctx.inp(1) is None:  # packed [Q | K | V]
+            h = q[2] // (n + 2 * kv)
+            _head_blocks(ctx, qd, groups, 0, h, rep)
+            _head_blocks(ctx, qd, groups, n * h, h)
+            _head_blocks(ctx, qd, groups, (n + kv) * h, h)
+        else:
+            h = q[2] // n
+            _head_blocks(ctx, qd, groups, 0, h, rep)
+            for i in (1, 2):
+                _head_blocks(ctx, ctx.in_dim(i, 2), groups, 0, h)
+                ctx.touch(ctx.in_dim(i, 0), ctx.in_dim(i, 1))
+        for slot in (3, 4):  # past key / value (B, kvN, T, H)
+            if ctx.inp(slot) is not None:
+                ctx.identity(ctx.in_dim(slot, 1), groups)
+        for o in (1, 2):
+            if ctx.out(o) is not None:
+                ctx.identity(ctx.out_dim(o, 1), groups)
+        for ax in (0, 1):
+            ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+        _head_blocks(ctx, ctx.out_dim(0, 2), groups, 0, h, rep)
+
+    def refold(self, node, rc):
+        old, new = _heads_new_size(node, rc)
+        if new != old:
+            rep = int(node.attrs["num_heads"]) // old
+            node.attrs["kv_num_heads"] = new
+            node.attrs["num_heads"] = new * rep
+
+
+def _link_norm_params(ctx, node, param_slots, width_dim) -> None:
+    for i in param_slots:
+        if ctx.inp(i) is not None:
+            ctx.identity(ctx.in_dim(i, 0), width_dim)
+
+
+@register
+class SkipLayerNorm(OpRule):
+    """``out = LN(input + skip + bias)``; output 3 is that sum (the next residual)."""
+
+    domain = MS
+    ops = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
+
+    def link(self, node, ctx):
+        x = ctx.in_shape(0)
+        if x is None:
+            raise Unsupported("rank unknown")
+        link_broadcast(ctx, [0, 1])
+        for o in (3,):
+            if ctx.out(o) is not None:
+                link_all_axes(ctx, 0, o)
+        width = ctx.out_dim(0, len(x) - 1)
+        params = (2, 3, 4) if node.op == "SkipLayerNormalization" else (2, 3)
+        _link_norm_params(ctx, node, params, width)
+        for o in (1, 2):
+            if ctx.out(o) is not None:
+                ctx.touch(*(ctx.out_dim(o, ax) for ax in range(len(ctx.out_shape(o) or ()))))
+        ctx.approximate(width, APPROXIMATE)
+
+
+@register
+class SimplifiedLayerNorm(OpRule):
+    """RMSNorm; ORT registers it in the default domain."""
+
+    ops = ("SimplifiedLayerNormalization",)
+
+    def link(self, node, ctx):
+        x = ctx.in_shape(0)
+        if x is None:
+            raise Unsupported("rank unknown")
+        if int(ctx.attr("axis", -1)) % len(x) != len(x) - 1:
+            raise Unsupported("normalises more than the last axis")
+        link_all_axes(ctx)
+        width = ctx.out_dim(0, len(x) - 1)
+        _link_norm_params(ctx, node, (1,), width)
+        for o in (1,):
+            if ctx.out(o) is not None:
+                ctx.touch(*(ctx.out_dim(o, ax) for ax in range(len(ctx.out_shape(o) or ()))))
+        ctx.approximate(width, APPROXIMATE)
+
+
+@register
+class SimplifiedLayerNormMs(SimplifiedLayerNorm):
+    domain = MS
+
+
+@register
+class EmbedLayerNorm(OpRule):
+    """Word + position (+ segment) embeddings, then LayerNorm: tables' width is the output's."""
+
+    domain = MS
+    ops = ("EmbedLayerNormalization",)
+
+    def link(self, node, ctx):
+        y = ctx.out_shape(0)
+        ids = ctx.in_shape(0)
+        if y is None or ids is None:
+            raise Unsupported("rank unknown")
+        width = ctx.out_dim(0, 2)
+        for ax in (0, 1):
+            ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+        for slot in (2, 3, 4):  # word, position, segment tables [rows, D]
+            if ctx.inp(slot) is not None:
+                ctx.identity(ctx.in_dim(slot, 1), width)
+        _link_norm_params(ctx, node, (5, 6), width)
+        if ctx.out(2) is not None:  # embedding_sum
+            for ax in range(3):
+                ctx.identity(ctx.out_dim(2, ax), ctx.out_dim(0, ax))
+        for slot in (1, 7, 8):
+            if ctx.inp(slot) is not None:
+                ctx.touch(*(ctx.in_dim(slot, ax) for ax in range(len(ctx.in_shape(slot) or ()))))
+        if ctx.out(1) is not None:
+            ctx.touch(*(ctx.out_dim(1, ax) for ax in range(len(ctx.out_shape(1) or ()))))
+        ctx.approximate(width, APPROXIMATE)
+
+
+@register
+class BiasActivations(OpRule):
+    """``act(X + bias)`` / ``X + bias + skip``: broadcasting like Add."""
+
+    domain = MS
+    ops = ("BiasGelu", "FastGelu", "Gelu", "QuickGelu", "BiasAdd", "FastGeluWithBias")
+
+    def link(self, node, ctx):
+        link_broadcast(ctx, [i for i in range(len(node.inputs)) if ctx.inp(i) is not None])
+
+
+@register
+class RotaryEmbedding(OpRule):
+    """Rotates each head's first ``rotary_embedding_dim`` entries; heads are independent.
+    With a 3-D input the head count is an attribute and is re-folded."""
+
+    domain = MS
+    ops = ("RotaryEmbedding",)
+
+    def link(self, node, ctx):
+        x = ctx.in_shape(0)
+        if x is None or x[-1] is None:
+            raise Unsupported("rank unknown")
+        n = int(ctx.attr("num_heads", 0))
+        if len(x) == 3 and n == 0:
+            raise Unsupported("3-D input without num_heads: head size read from the cache")
+        link_all_axes(ctx)
+        if len(x) == 3:
+            ctx.tag(ctx.out_dim(0, 2), "rotary")
+        for slot in range(1, len(node.inputs)):
+            if ctx.inp(slot) is not None and ctx.value(slot) is None:
+                shape = ctx.in_shape(slot) or ()
+                ctx.touch(*(ctx.in_dim(slot, ax) for ax in range(len(shape))))
+
+    def refold(self, node, rc):
+        n = int(node.attrs.get("num_heads", 0))
+        old = rc.old_shape(node.inputs[0])
+        if n and len(old) == 3:
+            node.attrs["num_heads"] = n * rc.new_size(node.inputs[0], 2) // old[2]
