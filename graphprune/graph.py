@@ -58,22 +58,54 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Static shape inference with data propagation (so Shape→Reshape chains get shapes).
-    Graphs with ONNX Runtime contrib ops (fused attention, SkipLayerNorm...) go through ORT's
-    symbolic shape inference, which knows those ops. Fills ``model.graph.value_info`` in
-    place and returns ``model``."""
+    Where it leaves a tensor unsized (``view(B, S, -1, H)`` with symbolic B, S) or the graph
+    has ONNX Runtime contrib ops, ORT's symbolic shape inference runs too, and each tensor
+    keeps whichever result knows more of its dims. Fills ``model.graph.value_info`` in place
+    and returns ``model``."""
     skeleton = _skeleton(model)
-    inferred = None
-    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
-        inferred = _symbolic_infer(skeleton)
-    if inferred is None:
-        try:
-            inferred = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
-        except Exception as e:
-            log.warning("shape inference failed (%s); continuing with the shapes in the file", e)
-            return model
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(inferred.graph.value_info)
+    found: dict[str, onnx.ValueInfoProto] = {}
+    try:
+        onnx_result = onnx.shape_inference.infer_shapes(skeleton, data_prop=True)
+        found = {vi.name: vi for vi in onnx_result.graph.value_info}
+    except Exception as e:
+        log.warning("onnx shape inference failed (%s)", e)
+    if _incomplete(model, found):
+        symbolic = _symbolic_infer(skeleton)
+        for vi in symbolic.graph.value_info if symbolic is not None else ():
+            if vi.name not in found or _known_dims(vi) > _known_dims(found[vi.name]):
+                found[vi.name] = vi
+    if found:
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(found.values())
     return model
+
+
+def _known_dims(vi: onnx.ValueInfoProto) -> int:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return -1
+    # onnx names dims it could not determine "unk__N": those are not known
+    return sum(d.HasField("dim_value") or (d.HasField("dim_param") and
+               not d.dim_param.startswith("unk__")) for d in t.shape.dim)
+
+
+def _incomplete(model: onnx.ModelProto, found: dict) -> bool:
+    """Contrib ops, or a node output whose rank or some dim inference could not tell."""
+    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        return True
+    graph_io = {vi.name for vi in list(model.graph.output)}
+    for n in model.graph.node:
+        for name in n.output:
+            if not name or name in graph_io:
+                continue
+            vi = found.get(name)
+            if (
+                vi is None
+                or _known_dims(vi) < len(vi.type.tensor_type.shape.dim)
+                or not vi.type.tensor_type.HasField("shape")
+            ):
+                return True
+    return False
 
 
 def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:

@@ -227,7 +227,7 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
                 approximate=frozenset(space.approximate),
             )
         )
-    _assign_keys(groups)
+    _assign_keys(groups, labels)
     # frozen reasons
     label_group = np.full(space.n, -1)
     for g in groups:
@@ -244,13 +244,16 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
     return groups
 
 
-def _assign_keys(groups: list[Group]) -> None:
-    """Key = anchor dim label, ``@first index`` when groups share the anchor dim, and
-    ``#n`` in the rare case (one constant used twice) that this is still ambiguous."""
+def _assign_keys(groups: list[Group], labels: np.ndarray) -> None:
+    """Key = the group's first activation dim (its first dim if it has none), with
+    ``@index`` of the first unit there when it is not 0 (groups sharing a dim: Split, Concat),
+    and ``#n`` in the rare case that this is still ambiguous."""
     seen: dict[str, int] = {}
     for g in groups:
-        first = int(g.unit_labels[0]) - g.anchor.base
-        key = g.anchor.label() + (f"@{first}" if first else "")
+        name = next((d for d in g.dims if d.kind == "act"), g.anchor)
+        where = np.flatnonzero(labels[name.base : name.base + name.size] == g.unit_labels[0])
+        first = int(where[0]) if len(where) else 0
+        key = name.label() + (f"@{first}" if first else "")
         n = seen.get(key, 0)
         seen[key] = n + 1
         g.key = key if n == 0 else f"{key}#{n}"
