@@ -41,6 +41,15 @@ def _transformers():
     return transformers
 
 
+def _main_output(out) -> tuple[str, object]:
+    """``(name, tensor)``: ``logits`` if present, else ``last_hidden_state``, else the first."""
+    if isinstance(out, dict):  # transformers' ModelOutput is a dict
+        for key in ("logits", "last_hidden_state"):
+            if key in out:
+                return key, out[key]
+    return "output", out[0]
+
+
 @functools.cache
 def _plain_outputs_class():
     torch = _torch()
@@ -50,9 +59,8 @@ def _plain_outputs_class():
 
         ``input_names`` says which keyword each positional input is passed as (e.g.
         ``("input_ids", "attention_mask")`` or ``("pixel_values",)``; three at most).
-        The output is
-        ``logits`` for models that have them (causal LMs), else ``last_hidden_state``.
-        The KV cache is off and the model is put in eval mode.
+        The output is ``logits`` for models that have them (causal LMs), else
+        ``last_hidden_state``. The KV cache is off and the model is put in eval mode.
         """
 
         def __init__(self, model, input_names=("input_ids", "attention_mask")):
@@ -68,11 +76,9 @@ def _plain_outputs_class():
             # Named slots rather than *args so torch.export can bind dynamic shapes to them.
             inputs = [x for x in (x0, x1, x2) if x is not None]
             out = self.model(**dict(zip(self.input_names, inputs, strict=True)), **self.extra)
-            for key in ("logits", "last_hidden_state"):
-                if key in out:
-                    return out[key]
-            return out[0]
+            return _main_output(out)[1]
 
+    PlainOutputs.__qualname__ = "PlainOutputs"
     return PlainOutputs
 
 
@@ -99,7 +105,11 @@ def minilm_dir() -> Path:
 
 
 def load_minilm(attn_implementation: str = "eager"):
-    """Load the real all-MiniLM-L6-v2 ``BertModel`` (eval mode) and its tokenizer, offline."""
+    """Load the real all-MiniLM-L6-v2 ``BertModel`` (eval mode) and its tokenizer.
+
+    Everything comes from the package's files; ``HF_HUB_OFFLINE=1`` is set unless the
+    environment already says otherwise, so the hub is never contacted.
+    """
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     transformers = _transformers()
     path = minilm_dir()
@@ -119,7 +129,7 @@ def export_hf(
     """Wrap ``model`` in ``PlainOutputs``, export it to ``path`` and check the file.
 
     The keys of ``example_inputs`` (in order) become the graph input names; the single
-    output is ``logits`` or ``last_hidden_state`` (named after the one the model returns).
+    output is named ``logits`` or ``last_hidden_state``, after what it is.
     ``dynamic`` makes batch and sequence axes symbolic (``batch``/``sequence``; only the
     batch axis for ``pixel_values``). The file is checked with ``onnx.checker``
     (``full_check=True``).
@@ -132,7 +142,7 @@ def export_hf(
     inputs = tuple(example_inputs[name] for name in names)
     with torch.no_grad():
         out = wrapper.model(**dict(zip(names, inputs, strict=True)), **wrapper.extra)
-    out_name = "logits" if "logits" in out else "last_hidden_state"
+    out_name = _main_output(out)[0]
     dynamic_axes = None
     if dynamic:
         dynamic_axes = {name: _DYNAMIC_AXES.get(name, {0: "batch"}) for name in names}

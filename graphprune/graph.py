@@ -85,8 +85,10 @@ def _known_dims(vi: onnx.ValueInfoProto) -> int:
     if not t.HasField("shape"):
         return -1
     # onnx names dims it could not determine "unk__N": those are not known
-    return sum(d.HasField("dim_value") or (d.HasField("dim_param") and
-               not d.dim_param.startswith("unk__")) for d in t.shape.dim)
+    return sum(
+        d.HasField("dim_value") or (d.HasField("dim_param") and not d.dim_param.startswith("unk__"))
+        for d in t.shape.dim
+    )
 
 
 def _incomplete(model: onnx.ModelProto, found: dict) -> bool:

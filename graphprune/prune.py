@@ -82,7 +82,8 @@ def prune_model(
         model = load_model(model)
     t["load"] = time.perf_counter()
     opset = opset_of(model)
-    infer_shapes(model)  # fills value_info in place
+    given_value_info = list(model.graph.value_info)
+    infer_shapes(model)  # fills value_info in place (restored below)
     before = summarize(model, with_bytes=file_bytes is None)
     if file_bytes is not None:  # measuring a freshly parsed 100 MB proto costs ~0.2 s
         before["bytes"] = file_bytes
@@ -112,6 +113,14 @@ def prune_model(
         log.info("pass %s: %s", res.name, res.detail or ("changed" if res.modified else "-"))
     pruned = export_model(graph, template=model)
     check_model(pruned)
+    after = summarize(pruned)
+    if not given_value_info:
+        # Same kind of file as the input: ORT fuses differently when intermediate shapes are
+        # annotated (Add+LayerNorm -> SkipLayerNormalization, slower on some CPUs), so a
+        # file that came without them goes out without them.
+        del pruned.graph.value_info[:]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(given_value_info)
     t["rewrite"] = time.perf_counter()
     if reference is not None:
         approximate = any(gp.approximate for gp in plan.groups)
@@ -124,7 +133,7 @@ def prune_model(
     t["parity"] = time.perf_counter()
     keys = list(t)
     timings = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
-    return PruneResult(pruned, plan, analysis, parity, before, summarize(pruned), timings)
+    return PruneResult(pruned, plan, analysis, parity, before, after, timings)
 
 
 def select_blocks(analysis: Analysis, opts: PruneOptions) -> list[Block]:

@@ -39,7 +39,7 @@ def _config(name: str):
     """The small random-weight config of ``name`` (eager attention, no KV cache)."""
     import transformers as tf
 
-    common = {"attn_implementation": "eager", "vocab_size": VOCAB}
+    common = {"attn_implementation": "eager", "vocab_size": VOCAB, "initializer_range": 0.1}
     if name == "bert":
         return tf.BertConfig(
             **common, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
@@ -58,9 +58,9 @@ def _config(name: str):
         )  # fmt: skip
     if name == "vit":
         return tf.ViTConfig(
-            attn_implementation="eager", hidden_size=64, num_hidden_layers=2,
-            num_attention_heads=4, intermediate_size=128, image_size=32, patch_size=8,
-            num_channels=3,
+            attn_implementation="eager", initializer_range=0.1, hidden_size=64,
+            num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            image_size=32, patch_size=8, num_channels=3,
         )  # fmt: skip
     raise KeyError(f"unknown transformer zoo model {name!r}; choose from {TRANSFORMER_ZOO}")
 
@@ -85,7 +85,24 @@ def make_model(name: str):
         torch.manual_seed(SEED)
         kwargs = {"add_pooling_layer": False} if name == "vit" else {}
         model = classes[name](config, **kwargs)
+        _randomize_vectors(model)
     return model.eval()
+
+
+def _randomize_vectors(model) -> None:
+    """Give biases and norm weights distinct random values (HF initialises them to 0/1).
+
+    Identical vectors would be deduplicated into one shared initializer by the exporter.
+    """
+    import torch
+
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() == 1:
+                if bool((param == 1).all()):
+                    param.uniform_(0.5, 1.5)
+                else:
+                    param.normal_(0.0, 0.1)
 
 
 def example_feeds(name: str) -> dict[str, np.ndarray]:
@@ -100,9 +117,11 @@ def example_feeds(name: str) -> dict[str, np.ndarray]:
     if name == "vit":
         return {"pixel_values": rng.standard_normal((BATCH, 3, 32, 32)).astype(np.float32)}
     if name == "minilm":
-        from graphprune.exporters.hf_export import load_minilm
+        from transformers import AutoTokenizer
 
-        tokenizer = load_minilm()[1]
+        from graphprune.exporters.hf_export import minilm_dir
+
+        tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
         enc = tokenizer(MINILM_TEXT, padding="max_length", max_length=MINILM_SEQ, truncation=True)
         return {k: np.asarray([enc[k]], dtype=np.int64) for k in _INPUTS[name]}
     ids = rng.integers(1, VOCAB, size=(BATCH, SEQ), dtype=np.int64)

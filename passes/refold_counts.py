@@ -52,7 +52,7 @@ class RefoldContext:
         out = gs.Variable(f"{t.name}_refold{next(_fresh)}", dtype=t.dtype, shape=t.shape)
         clone = gs.Node(
             producer.op,
-            name=f"{producer.name}_refold",
+            name=f"{producer.name}_refold{next(_fresh)}",
             attrs=dict(producer.attrs),
             inputs=list(producer.inputs),
             outputs=[out],

@@ -7,12 +7,18 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from graphprune.graph import infer_shapes
 from graphprune.passes.removal import Removal
 from graphprune.plan import removed_labels
 from graphprune.prune import PruneOptions, PruneResult, prune_model
 
 
 def _shapes(model: onnx.ModelProto) -> dict[str, list]:
+    """Shapes as shape inference sees them in the pruned file (a copy: the file itself
+    carries no annotations unless its input did)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    model = infer_shapes(copy)
     out = {}
     for vi in list(model.graph.value_info) + list(model.graph.output):
         dims = vi.type.tensor_type.shape.dim

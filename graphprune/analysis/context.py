@@ -31,6 +31,9 @@ class LinkContext:
         self.touched: set[int] = set()
         #: (node, input slot, axis, dim): consumer-side contraction points, masked for parity
         self.contractions: list[tuple[gs.Node, int, int, Dim]] = []
+        #: id(node) -> what its rule decided and its refold must honour (e.g. shape entries
+        #: that follow their dims at run time)
+        self.notes: dict[int, dict] = {}
 
     # -- tensors --------------------------------------------------------------------------
     def inp(self, i: int) -> gs.Tensor | None:
@@ -93,6 +96,13 @@ class LinkContext:
 
     def out_dim(self, i: int, axis: int) -> Dim:
         return self._dim(self.node.outputs[i], axis, -1)
+
+    def tensor_dim(self, t: gs.Tensor, axis: int) -> Dim:
+        """A dim of any activation (not necessarily this node's), e.g. one a Shape read."""
+        shape = tensor_shape(t)
+        if shape is None:
+            raise Unsupported(f"rank of {t.name!r} unknown")
+        return self.space.dim(("act", t.name, axis), "act", t.name, axis, shape[axis])
 
     def virtual(self, tag: str, size: int) -> Dim:
         key = ("virtual", id(self.node), tag)

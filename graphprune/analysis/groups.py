@@ -73,6 +73,7 @@ class Analysis:
     opset: int
     implicit: set[str] = field(default_factory=set)  # names read inside subgraphs
     linked: set[int] = field(default_factory=set)  # id() of nodes whose rule mapped them
+    notes: dict[int, dict] = field(default_factory=dict)  # per-node decisions for refold
 
     @property
     def prunable(self) -> list[Group]:
@@ -187,7 +188,9 @@ def analyze(graph: gs.Graph, opset: int, exclude=()) -> Analysis:
         len(groups),
         sum(g.frozen for g in groups),
     )
-    return Analysis(graph, space, labels, groups, ctx.contractions, opset, implicit, linked)
+    return Analysis(
+        graph, space, labels, groups, ctx.contractions, opset, implicit, linked, ctx.notes
+    )
 
 
 def _is_weight(d: Dim) -> bool:

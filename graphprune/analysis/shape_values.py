@@ -7,6 +7,7 @@ shape inference found. Returns ``None`` whenever something is not known statical
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -15,17 +16,59 @@ _MAX_DEPTH = 32
 _SYMBOLIC_BASE = -(1 << 40)
 
 
+_NAMES: dict[int, str] = {}
+
+
 def symbol(name: str) -> int:
-    """A symbolic dim (``"batch"``) as a negative sentinel that survives Gather/Concat."""
-    return _SYMBOLIC_BASE - zlib.crc32(name.encode())
+    """A symbolic dim (``"batch"``, or a product ``"batch*seq"``) as a negative sentinel
+    that survives Gather/Concat; products are canonical (factors sorted)."""
+    canon = "*".join(sorted(p.strip() for p in name.split("*")))
+    v = _SYMBOLIC_BASE - zlib.crc32(canon.encode())
+    _NAMES[v] = canon
+    return v
 
 
 def is_symbol(v: int) -> bool:
     return v <= _SYMBOLIC_BASE
 
 
+def symbol_name(v: int) -> str:
+    return _NAMES[v]
+
+
+def factors(v: int) -> tuple[int, Counter]:
+    """A dim as (known integer factor, multiset of symbol names)."""
+    if not is_symbol(v):
+        return int(v), Counter()
+    known, names = 1, Counter()
+    for atom in _NAMES[v].split("*"):
+        if atom.isdigit():
+            known *= int(atom)
+        else:
+            names[atom] += 1
+    return known, names
+
+
+def product(dims) -> int:
+    """The product of dims, a sentinel if any is symbolic."""
+    known, names = 1, Counter()
+    for d in dims:
+        k, n = factors(d)
+        known, names = known * k, names + n
+    if not names:
+        return known
+    if known != 1:
+        names[str(known)] += 1  # a symbolic product keeps its constant factor as a name
+    return symbol("*".join(sorted(names.elements())))
+
+
+def divides(a: tuple[int, Counter], b: tuple[int, Counter]) -> bool:
+    return b[0] % a[0] == 0 and not (a[1] - b[1])
+
+
 def symbolic_shape(t: gs.Tensor) -> list[int] | None:
-    """Shape with symbolic dims as sentinels; None if the rank or any dim is unknown."""
+    """Shape with symbolic dims as sentinels; None if the rank or any dim is unknown (onnx
+    names the dims it could not infer ``unk__N``: those are unknown)."""
     if isinstance(t, gs.Constant):
         return list(t.values.shape)
     if t.shape is None:
@@ -34,7 +77,7 @@ def symbolic_shape(t: gs.Tensor) -> list[int] | None:
     for s in t.shape:
         if isinstance(s, int) and s >= 0:
             out.append(s)
-        elif isinstance(s, str) and s:
+        elif isinstance(s, str) and s and not s.startswith("unk__"):
             out.append(symbol(s))
         else:
             return None
@@ -43,29 +86,23 @@ def symbolic_shape(t: gs.Tensor) -> list[int] | None:
 
 def resolve_reshape(in_shape: list[int], target, allowzero: bool = False) -> list[int] | None:
     """Output shape of Reshape(in_shape, target) with symbolic dims carried through; a -1
-    may stand for one leftover symbol (``[-1, 8, 32]`` on a ``[batch, 8, 4, 8]`` input)."""
+    may stand for leftover symbols (``[-1, 64]`` on ``[b, s, 64]`` is ``[b*s, 64]``)."""
     out = [in_shape[j] if v == 0 and not allowzero else int(v) for j, v in enumerate(target)]
     if out.count(-1) > 1:
         return None
-    leftover = sorted(v for v in in_shape if is_symbol(v))
-    for v in out:
-        if is_symbol(v):
-            if v not in leftover:
-                return None
-            leftover.remove(v)
-    known_in = int(np.prod([v for v in in_shape if v >= 0]))
-    known_out = int(np.prod([v for v in out if v >= 0]))
-    if known_out == 0 or known_in % known_out:
+    known_in, names_in = factors(product(in_shape))
+    known_out, names_out = factors(product([v for v in out if v != -1]))
+    if names_out - names_in or known_out == 0 or known_in % known_out:
         return None
-    factor = known_in // known_out
+    rest, factor = names_in - names_out, known_in // known_out
     if -1 in out:
-        if not leftover:
+        if not rest:
             out[out.index(-1)] = factor
-        elif len(leftover) == 1 and factor == 1:
-            out[out.index(-1)] = leftover[0]
+        elif factor == 1:
+            out[out.index(-1)] = symbol("*".join(sorted(rest.elements())))
         else:
             return None
-    elif leftover or factor != 1:
+    elif rest or factor != 1:
         return None
     return out
 
@@ -111,6 +148,9 @@ def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
             for ax, s, e, st in zip(axes, starts, ends, steps, strict=True):
                 sl[int(ax)] = slice(int(s), int(e), int(st))
             return args[0][tuple(sl)]
+        if op == "Reshape" and args[1] is not None and args[0].ndim <= 1:
+            target = [int(v) for v in np.ravel(args[1])]
+            return args[0].reshape(target) if target in ([-1], [args[0].size]) else None
         if op == "ConstantOfShape":
             value = a.get("value")
             fill = value.values.reshape(-1)[0] if isinstance(value, gs.Constant) else 0.0
@@ -129,3 +169,73 @@ def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
     except (ValueError, IndexError, TypeError, KeyError):
         return None
     return None
+
+
+_PASS_THROUGH = (
+    "Gather",
+    "Slice",
+    "Concat",
+    "Unsqueeze",
+    "Squeeze",
+    "Cast",
+    "Identity",
+    "Reshape",
+)  # Reshape of a 1-D shape tensor to [-1]: the same entries
+
+
+def entry_sources(t: gs.Tensor, _depth: int = 0) -> list | None:
+    """Where each entry of a 1-D shape tensor comes from: ``("dim", tensor, axis)`` for a
+    size read by Shape, ``("const",)`` for a literal; None if anything else computes it."""
+    if isinstance(t, gs.Constant):
+        return [("const",)] * int(np.asarray(t.values).size)
+    if _depth > _MAX_DEPTH or len(t.inputs) != 1:
+        return None
+    node = t.inputs[0]
+    if node.op == "Shape":
+        shape = node.inputs[0].shape
+        if shape is None:
+            return None
+        rank = len(shape)
+        start, end = node.attrs.get("start", 0), node.attrs.get("end", rank)
+        return [("dim", node.inputs[0], ax) for ax in range(rank)[slice(start, end)]]
+    if node.op not in _PASS_THROUGH:
+        return None
+    if node.op == "Reshape" and static_value(t) is None:
+        return None
+    if node.op == "Concat":
+        parts = [entry_sources(x, _depth + 1) for x in node.inputs]
+        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+    src = entry_sources(node.inputs[0], _depth + 1)
+    if src is None:
+        return None
+    if node.op == "Gather":
+        idx = static_value(node.inputs[1])
+        if idx is None or int(node.attrs.get("axis", 0)) != 0:
+            return None
+        return [src[int(i)] for i in np.atleast_1d(idx)]
+    if node.op == "Slice":
+        v = static_value(t)
+        data = static_value(node.inputs[0])
+        if v is None or data is None:
+            return None
+        starts, ends = static_value(node.inputs[1]), static_value(node.inputs[2])
+        steps = static_value(node.inputs[4]) if len(node.inputs) > 4 else None
+        step = 1 if steps is None else int(np.ravel(steps)[0])
+        return src[slice(int(np.ravel(starts)[0]), int(np.ravel(ends)[0]), step)]
+    return src
+
+
+def flows_only_into_shape_operands(t: gs.Tensor, _depth: int = 0) -> bool:
+    """``t`` (a Shape output) reaches nothing but Reshape / Expand shape operands, through
+    pass-through ops: those rules couple each read size with the axis it sets."""
+    if _depth > _MAX_DEPTH:
+        return False
+    for node in t.outputs:
+        slots = [i for i, x in enumerate(node.inputs) if x is t]
+        if node.op in ("Reshape", "Expand") and slots == [1]:
+            continue
+        passes = node.op in _PASS_THROUGH and (node.op == "Concat" or slots == [0])
+        if passes and all(flows_only_into_shape_operands(o, _depth + 1) for o in node.outputs):
+            continue
+        return False
+    return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..context import Unsupported
+from ..shape_values import static_value
 from .registry import OpRule, register
 
 
@@ -74,54 +75,80 @@ class Split(OpRule):
             node.attrs["split"] = [int(s) for s in sizes]
 
 
-def _slice_params(ctx_value, node_inputs_len: int, rank: int, shape):
-    """(axes, starts, steps, counts) normalised to absolute values, or None if dynamic."""
-    starts, ends = ctx_value(1), ctx_value(2)
-    if starts is None or ends is None:
+_FULL = 2**31 - 1  # an ``end`` at or past this means "to the end"
+
+
+def _slice_params(value_of, n_inputs: int, rank: int, shape):
+    """``[(axis, range | "full" | None)]`` per sliced axis: the absolute index range, "full"
+    for ``0:end`` on an axis of unknown size, None when it cannot be told; or None overall
+    when the bounds cannot be evaluated."""
+    starts, ends = value_of(1), value_of(2)
+    axes = value_of(3) if n_inputs > 3 else None
+    steps = value_of(4) if n_inputs > 4 else None
+    if (
+        starts is None
+        or ends is None
+        or (n_inputs > 3 and axes is None)
+        or (n_inputs > 4 and steps is None)
+    ):
         return None
-    axes = ctx_value(3) if node_inputs_len > 3 else None
-    steps = ctx_value(4) if node_inputs_len > 4 else None
-    if (node_inputs_len > 3 and axes is None) or (node_inputs_len > 4 and steps is None):
-        return None
-    axes = np.arange(len(starts)) if axes is None else axes.astype(np.int64) % rank
-    steps = np.ones(len(starts), np.int64) if steps is None else steps
+    starts, ends = np.ravel(starts), np.ravel(ends)
+    axes = np.arange(len(starts)) if axes is None else np.ravel(axes).astype(np.int64) % rank
+    steps = np.ones(len(starts), np.int64) if steps is None else np.ravel(steps)
     out = []
-    for ax, s, e, st in zip(axes, starts, ends, steps, strict=True):
-        rng = range(*slice(int(s), int(e), int(st)).indices(shape[ax]))
-        out.append((int(ax), rng))
+    for ax, st, en, step in zip(axes, starts, ends, steps, strict=True):
+        if shape[ax] is not None:
+            out.append((int(ax), range(*slice(int(st), int(en), int(step)).indices(shape[ax]))))
+        elif int(st) == 0 and int(en) >= _FULL and int(step) == 1:
+            out.append((int(ax), "full"))
+        else:
+            out.append((int(ax), None))
     return out
 
 
 @register
 class Slice(OpRule):
+    """Axes not sliced pass through; a sliced axis with constant bounds maps by offset (its
+    bounds are re-folded). Bounds computed at run time (RoPE's ``head_dim // 2``) are
+    evaluated statically, and the axes they cut are left unmapped (frozen)."""
+
     ops = ("Slice",)
 
     def link(self, node, ctx):
         x = ctx.in_shape(0)
-        if x is None or any(s is None for s in x):
-            raise Unsupported("input shape unknown")
-        params = _slice_params(ctx.value, len(node.inputs), len(x), x)
+        if x is None:
+            raise Unsupported("rank unknown")
+
+        def value_of(i):
+            return static_value(node.inputs[i]) if ctx.inp(i) is not None else None
+
+        params = _slice_params(value_of, len(node.inputs), len(x), x)
         if params is None:
-            raise Unsupported("bounds computed at run time")
+            raise Unsupported("bounds not evaluable")
+        constant = all(
+            ctx.value(i) is not None for i in range(1, len(node.inputs)) if ctx.inp(i) is not None
+        )
         sliced = dict(params)
         for ax in range(len(x)):
-            src = ctx.in_dim(0, ax)
-            dst = ctx.out_dim(0, ax)
-            if ax not in sliced:
+            src, dst = ctx.in_dim(0, ax), ctx.out_dim(0, ax)
+            rng = sliced.get(ax, "full")
+            if rng == "full":
                 ctx.identity(src, dst)
-            elif sliced[ax].step == 1:
-                ctx.offset(src, dst, sliced[ax].start)
-            # other steps: left unmapped, so frozen
+            elif constant and isinstance(rng, range) and rng.step == 1:
+                ctx.offset(src, dst, rng.start)
+            # other steps, unknown sizes, run-time bounds: unmapped, so frozen
 
     def refold(self, node, rc):
         x = rc.old_shape(node.inputs[0])
         params = _slice_params(rc.value_of, len(node.inputs), len(x), x)
+        if params is None:  # run-time bounds: the axes they cut were left unmapped
+            return
         starts = rc.value_of(1).astype(np.int64).copy()
         ends = rc.value_of(2).astype(np.int64).copy()
         changed = False
         for k, (ax, rng) in enumerate(params):
             removed = rc.removed(node.inputs[0], ax)
-            if len(removed) == 0:
+            if len(removed) == 0 or not isinstance(rng, range):
                 continue
             before_start = int(np.sum(removed < rng.start))
             before_stop = int(np.sum(removed < rng.stop))

