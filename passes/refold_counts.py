@@ -42,24 +42,16 @@ class RefoldContext:
             return None
         return np.asarray(ins[slot].values)
 
-    def private_producer(self, node: gs.Node, slot: int) -> gs.Node:
-        """The node producing ``node.inputs[slot]``, cloned first if others read its output,
-        so that rewriting it cannot change what the other readers see."""
-        t = node.inputs[slot]
-        producer = t.inputs[0]
-        if len(t.outputs) == 1:
-            return producer
-        out = gs.Variable(f"{t.name}_refold{next(_fresh)}", dtype=t.dtype, shape=t.shape)
-        clone = gs.Node(
-            producer.op,
-            name=f"{producer.name}_refold{next(_fresh)}",
-            attrs=dict(producer.attrs),
-            inputs=list(producer.inputs),
-            outputs=[out],
-        )
-        self.removal.analysis.graph.nodes.append(clone)
-        node.inputs[slot] = out
-        return clone
+    def constant(self, values: np.ndarray) -> gs.Constant:
+        return gs.Constant(f"refold_const_{next(_fresh)}", np.asarray(values))
+
+    def add_node(self, op: str, inputs: list, attrs: dict | None = None) -> gs.Variable:
+        """A new int64 shape-computing node (used to rebuild run-time shape operands)."""
+        out = gs.Variable(f"refold_{op}_{next(_fresh)}", dtype=np.int64)
+        node = gs.Node(op, name=out.name, attrs=attrs or {}, inputs=inputs, outputs=[out])
+        self.removal.analysis.graph.nodes.append(node)
+        self.changed += 1
+        return out
 
     def set_input(self, node: gs.Node, slot: int, values: np.ndarray) -> None:
         base = node.name or node.op

@@ -225,17 +225,52 @@ def entry_sources(t: gs.Tensor, _depth: int = 0) -> list | None:
     return src
 
 
+#: ops a shape vector passes through on its way to a Reshape / Expand shape operand
+_SHAPE_MATH = (
+    *_PASS_THROUGH,
+    "Mul",
+    "Div",
+    "Add",
+    "Sub",
+    "Equal",
+    "Where",
+    "ConstantOfShape",
+    "Max",
+    "Min",
+)
+
+
 def flows_only_into_shape_operands(t: gs.Tensor, _depth: int = 0) -> bool:
-    """``t`` (a Shape output) reaches nothing but Reshape / Expand shape operands, through
-    pass-through ops: those rules couple each read size with the axis it sets."""
+    """``t`` (a Shape output) reaches nothing but Reshape / Expand shape operands (or the
+    length of a shape vector), through shape arithmetic. Those rules follow, re-fold or
+    couple every entry they set, so the size read can never go stale."""
     if _depth > _MAX_DEPTH:
         return False
     for node in t.outputs:
         slots = [i for i, x in enumerate(node.inputs) if x is t]
         if node.op in ("Reshape", "Expand") and slots == [1]:
             continue
-        passes = node.op in _PASS_THROUGH and (node.op == "Concat" or slots == [0])
-        if passes and all(flows_only_into_shape_operands(o, _depth + 1) for o in node.outputs):
+        if node.op == "Shape":  # the length of a shape vector
             continue
-        return False
+        if node.op not in _SHAPE_MATH or (node.op in ("Reshape", "Expand") and slots != [0]):
+            return False
+        if not all(flows_only_into_shape_operands(o, _depth + 1) for o in node.outputs):
+            return False
     return True
+
+
+def dims_read(t: gs.Tensor, _depth: int = 0, _seen=None) -> list[tuple[gs.Tensor, int]]:
+    """Every ``(tensor, axis)`` whose size some Shape in ``t``'s producer chain reads."""
+    seen = set() if _seen is None else _seen
+    if isinstance(t, gs.Constant) or _depth > _MAX_DEPTH or id(t) in seen or len(t.inputs) != 1:
+        return []
+    seen.add(id(t))
+    node = t.inputs[0]
+    if node.op == "Shape":
+        x = node.inputs[0]
+        return [(x, ax) for ax in range(len(x.shape or ()))]
+    out = []
+    for x in node.inputs:
+        if x.name:
+            out += dims_read(x, _depth + 1, seen)
+    return out

@@ -7,10 +7,10 @@ from __future__ import annotations
 import contextlib
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
 from ..shape_values import (
+    dims_read,
     divides,
     entry_sources,
     factors,
@@ -109,7 +109,7 @@ class Reshape(OpRule):
 
     def link(self, node, ctx):
         sources = entry_sources(node.inputs[1])
-        with _sources_frozen_on_failure(ctx, sources):
+        with _sources_frozen_on_failure(ctx, node):
             self._link(node, ctx, sources)
 
     def _link(self, node, ctx, sources):
@@ -164,71 +164,50 @@ def _source(sources, j: int):
 
 
 @contextlib.contextmanager
-def _sources_frozen_on_failure(ctx, sources):
-    """If the rule cannot map the node, the sizes its shape operand reads must not change."""
+def _sources_frozen_on_failure(ctx, node):
+    """If the rule cannot map the node, no size its shape operand reads may change."""
     try:
         yield
     except Unsupported as e:
-        for src in sources or ():
-            if src[0] == "dim" and src[1].shape is not None:
-                ctx.space.freeze(ctx.tensor_dim(src[1], src[2]), f"{ctx.node.op}: {e}")
+        for t, ax in dims_read(node.inputs[1]):
+            if t.shape is not None:
+                ctx.space.freeze(ctx.tensor_dim(t, ax), f"{ctx.node.op}: {e}")
         raise
 
 
 def refold_operand(rc, node, slot: int, new: dict[int, int]) -> None:
-    """Set entries of the shape operand ``node.inputs[slot]``: a constant is replaced by a
-    new one; a run-time Concat has the piece holding each entry rewritten (the Concat is
-    cloned first if others read it)."""
+    """Set entries ``{j: value}`` of the shape operand ``node.inputs[slot]``. A statically
+    known operand becomes a constant; one with symbolic entries (batch, sequence) becomes
+    ``Concat`` of Slices of the original run-time operand and constants for the new entries,
+    so only this node sees the change."""
     if not new:
         return
     t = node.inputs[slot]
-    if isinstance(t, gs.Constant) or _fully_static(t):
-        values = np.array(static_value(t), dtype=np.int64).reshape(-1)
-        for j, v in new.items():
-            values[j] = v
+    values = np.array(static_value(t), dtype=np.int64).reshape(-1)
+    for j, v in new.items():
+        values[j] = v
+    if not any(is_symbol(int(v)) for v in values):
         rc.set_input(node, slot, values)
         return
-    for j, v in new.items():
-        concat = rc.private_producer(node, slot)
-        piece_slot, start, piece = _piece_at(concat_pieces(concat.outputs[0]), j)
-        values = np.array(static_value(piece), dtype=np.int64).reshape(-1)
-        values[j - start] = v
-        rc.set_input(concat, piece_slot, values)
+    pieces, j = [], 0
+    while j < len(values):
+        if j in new:
+            pieces.append(rc.constant(np.array([new[j]], dtype=np.int64)))
+            j += 1
+            continue
+        end = j
+        while end < len(values) and end not in new:
+            end += 1
+        bounds = [rc.constant(np.array([b], dtype=np.int64)) for b in (j, end, 0)]
+        pieces.append(rc.add_node("Slice", [t, *bounds]))
+        j = end
+    node.inputs[slot] = rc.add_node("Concat", pieces, {"axis": 0})
 
 
 def operand_refoldable(t, j: int) -> bool:
-    """Entry ``j`` of shape operand ``t`` can be rewritten by ``refold_operand``."""
-    return _fully_static(t) or _piece_at(concat_pieces(t), j) is not None
-
-
-def _fully_static(t) -> bool:
-    """A constant, or computed only from constants and static dims (no symbolic batch):
-    it can be replaced whole by a constant holding the new values."""
+    """Entry ``j`` of shape operand ``t`` is known statically, so it can be rewritten."""
     v = static_value(t)
-    return v is not None and not any(is_symbol(int(x)) for x in np.ravel(v))
-
-
-def concat_pieces(t):
-    """``[(slot, start, tensor)]`` of the Concat(axis 0) that produces ``t``, or None."""
-    if isinstance(t, gs.Constant) or len(t.inputs) != 1 or t.inputs[0].op != "Concat":
-        return None
-    pieces, pos = [], 0
-    for slot, x in enumerate(t.inputs[0].inputs):
-        v = static_value(x)
-        if v is None:
-            return None
-        pieces.append((slot, pos, x))
-        pos += int(np.asarray(v).size)
-    return pieces
-
-
-def _piece_at(pieces, j):
-    """The piece holding entry ``j`` if it can be rewritten: a constant, or one element."""
-    for slot, start, x in pieces or ():
-        n = int(np.asarray(static_value(x)).size)
-        if start <= j < start + n and (isinstance(x, gs.Constant) or n == 1):
-            return slot, start, x
-    return None
+    return v is not None and j < v.size and not is_symbol(int(np.ravel(v)[j]))
 
 
 @register
@@ -335,7 +314,7 @@ class Expand(OpRule):
 
     def link(self, node, ctx):
         sources = entry_sources(node.inputs[1])
-        with _sources_frozen_on_failure(ctx, sources):
+        with _sources_frozen_on_failure(ctx, node):
             self._link(node, ctx, sources)
 
     def _link(self, node, ctx, sources):
