@@ -112,7 +112,7 @@ def prune_model(
         res = p.run(removal)
         log.info("pass %s: %s", res.name, res.detail or ("changed" if res.modified else "-"))
     pruned = export_model(graph, template=model)
-    check_model(pruned)
+    check_model(pruned, original=model)
     after = summarize(pruned)
     if not given_value_info:
         # Same kind of file as the input: ORT fuses differently when intermediate shapes are

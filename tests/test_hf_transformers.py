@@ -52,11 +52,11 @@ def test_minilm_real_weights():
     assert 1.9 < result.before["macs"] / result.after["macs"] < 2.1
 
 
-def _fuse(path, num_heads, hidden=64):
+def _fuse(path, num_heads, hidden=64, model_type="bert"):
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    opt = optimize_model(str(path), model_type="bert", num_heads=num_heads, hidden_size=hidden)
+    opt = optimize_model(str(path), model_type=model_type, num_heads=num_heads, hidden_size=hidden)
     counts = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     return opt.model, counts
 
@@ -84,3 +84,26 @@ def test_pruned_model_still_fuses(tmp_path):
     _, before = _fuse(path, 4)
     _, after = _fuse(pruned, 2, hidden=32)  # the optimizer's hidden_size is heads x head_dim
     assert before == after and before.get("Attention") == 2
+
+
+# model -> (optimizer model_type, heads, hidden, the fused ops it must produce)
+FUSED = {
+    "bert": ("bert", 4, 64, {"Attention", "SkipLayerNormalization", "BiasGelu"}),
+    "gpt2": ("gpt2", 4, 64, {"SkipLayerNormalization", "FastGelu"}),
+    "llama": ("gpt2", 8, 64, {"SkipSimplifiedLayerNormalization"}),
+    "vit": ("vit", 4, 64, {"SkipLayerNormalization", "BiasGelu"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FUSED))
+def test_ort_fused_forms_prune_exactly(name):
+    """Every zoo transformer after ``onnxruntime.transformers.optimizer`` (what fuses
+    depends on the architecture: attention only for BERT-style graphs)."""
+    model_type, heads, hidden, expected = FUSED[name]
+    fused, counts = _fuse(build(name, "torchscript", True), heads, hidden, model_type)
+    assert expected <= set(counts), counts
+    n_heads, units, n_mlp, neurons = EXPECTED[name]
+    result = prune_and_check(fused, 0.0, ratios={"head": 0.5, "neuron": 0.5})
+    kept = sorted((gp.kind, gp.units - len(gp.remove)) for gp in result.plan.groups)
+    assert kept == sorted([("head", units // 2)] * n_heads + [("neuron", neurons // 2)] * n_mlp)

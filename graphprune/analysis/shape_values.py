@@ -226,7 +226,7 @@ def entry_sources(t: gs.Tensor, _depth: int = 0) -> list | None:
 
 
 #: ops a shape vector passes through on its way to a Reshape / Expand shape operand
-_SHAPE_MATH = (
+SHAPE_MATH = (
     *_PASS_THROUGH,
     "Mul",
     "Div",
@@ -252,7 +252,7 @@ def flows_only_into_shape_operands(t: gs.Tensor, _depth: int = 0) -> bool:
             continue
         if node.op == "Shape":  # the length of a shape vector
             continue
-        if node.op not in _SHAPE_MATH or (node.op in ("Reshape", "Expand") and slots != [0]):
+        if node.op not in SHAPE_MATH or (node.op in ("Reshape", "Expand") and slots != [0]):
             return False
         if not all(flows_only_into_shape_operands(o, _depth + 1) for o in node.outputs):
             return False

@@ -9,23 +9,42 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
-from ..shape_values import flows_only_into_shape_operands
+from ..shape_values import SHAPE_MATH, flows_only_into_shape_operands
 from .registry import OpRule, register
 
 
-def _read_axes(node: gs.Node, rank: int) -> set[int]:
-    start = int(node.attrs.get("start", 0)) % max(rank, 1) if rank else 0
-    end = node.attrs.get("end")
-    end = rank if end is None else (int(end) % rank if int(end) < 0 else min(int(end), rank))
-    span = list(range(start, end))
-    read: set[int] = set()
-    for consumer in node.outputs[0].outputs:
-        idx = consumer.inputs[1] if consumer.op == "Gather" and len(consumer.inputs) > 1 else None
-        if isinstance(idx, gs.Constant) and int(consumer.attrs.get("axis", 0)) == 0:
-            read.update(span[int(i)] for i in np.atleast_1d(idx.values))
-        else:
-            return set(span)
-    return read
+def _span(node: gs.Node, rank: int) -> list[int]:
+    """The axes whose sizes a Shape node outputs (its ``start``/``end`` attributes)."""
+    return list(range(rank))[slice(node.attrs.get("start", 0), node.attrs.get("end", rank))]
+
+
+def unsafe_axes(t: gs.Tensor, span: list[int], depth: int = 0) -> set[int]:
+    """Axes (entries ``span`` of the shape vector ``t``) whose size reaches anything but
+    Reshape / Expand shape operands; ``Gather(const)`` narrows to the entries it picks."""
+    unsafe: set[int] = set()
+    for node in t.outputs:
+        slots = [i for i, x in enumerate(node.inputs) if x is t]
+        idx = node.inputs[1] if node.op == "Gather" and len(node.inputs) > 1 else None
+        if (
+            isinstance(idx, gs.Constant)
+            and slots == [0]
+            and depth < 16
+            and int(node.attrs.get("axis", 0)) == 0
+        ):
+            picked = [span[int(i)] for i in np.ravel(idx.values)]
+            unsafe |= unsafe_axes(node.outputs[0], picked, depth + 1)
+        elif not flows_only_into_shape_operands_from(node, slots):
+            unsafe |= set(span)
+    return unsafe
+
+
+def flows_only_into_shape_operands_from(node: gs.Node, slots: list[int]) -> bool:
+    """The value entering ``node`` at ``slots`` ends only in Reshape / Expand shapes."""
+    if node.op in ("Reshape", "Expand") and slots == [1]:
+        return True
+    if node.op == "Shape":
+        return True
+    return node.op in SHAPE_MATH and all(flows_only_into_shape_operands(o) for o in node.outputs)
 
 
 @register
@@ -36,9 +55,10 @@ class Shape(OpRule):
         a = ctx.in_shape(0)
         if a is None:
             raise Unsupported("rank unknown")
-        read = set(range(len(a))) if node.op == "Size" else _read_axes(node, len(a))
-        if node.op == "Shape" and flows_only_into_shape_operands(node.outputs[0]):
-            read = set()  # Reshape / Expand couple each read size with its output axis
+        if node.op == "Size":
+            read = set(range(len(a)))
+        else:  # sizes feeding only Reshape / Expand shapes are followed, refolded or coupled
+            read = unsafe_axes(node.outputs[0], _span(node, len(a)))
         for ax in range(len(a)):
             d = ctx.in_dim(0, ax)
             if ax in read:
