@@ -1,9 +1,10 @@
 """Depth: whole attention / MLP sub-blocks that can be dropped by rewiring the residual.
 
 A *block* is a head or neuron group whose contraction (the output projection) writes into a
-residual ``Add`` — directly or through bias Adds. Dropping it removes every unit; the
-projection's output becomes a broadcastable zero, so the residual carries ``x + bias``,
-which is exactly the original with the block's units masked. Dead nodes then go.
+residual ``Add``, directly or through bias Adds and Reshapes. Dropping it removes every
+unit; the residual Add then takes the constant the path adds when the projection computes
+zeros (its biases), so the residual carries ``x + bias``: exactly the original with the
+block's units masked. The dead block goes with cleanup.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import onnx_graphsurgeon as gs
 
 from .analysis.context import tensor_shape
 from .analysis.groups import Analysis, Group
+from .analysis.shape_values import symbolic_shape
 
 
 @dataclass
@@ -26,22 +28,44 @@ class Block:
     outputs: list  # contraction nodes whose outputs become zeros when dropped
 
 
-def _writes_to_residual(t: gs.Variable) -> bool:
-    """``t`` reaches an Add with an activation of its own shape via bias Adds only."""
-    shape = tensor_shape(t)
-    cur = t
+def residual_path(node: gs.Node):
+    """For a projection ``node`` (MatMul/Gemm), the residual ``Add`` it writes into, the
+    tensor entering that Add, and what the path adds when the projection computes zeros
+    (Gemm's bias, bias Adds) as a vector over the last axis: ``(add, tensor, vector)``,
+    or None. The path may pass through bias Adds and Reshapes that keep the last axis
+    (GPT-2's 2-D Gemm)."""
+    out = node.outputs[0]
+    width = (tensor_shape(out) or [None])[-1]
+    if width is None or node.op not in ("MatMul", "Gemm"):
+        return None
+    vector = np.zeros(width, dtype=np.float64)
+    if node.op == "Gemm" and len(node.inputs) > 2 and node.inputs[2].name:
+        c = node.inputs[2]
+        if not isinstance(c, gs.Constant) or c.values.size not in (1, width):
+            return None
+        vector += float(node.attrs.get("beta", 1.0)) * np.broadcast_to(
+            c.values.reshape(-1), (width,)
+        )
+    cur = out
     while True:
         consumers = list(cur.outputs)
-        if len(consumers) != 1 or consumers[0].op != "Add":
-            return False
-        add = consumers[0]
-        other = [x for x in add.inputs if x is not cur]
-        if len(other) != 1:
-            return False
-        if isinstance(other[0], gs.Constant):
-            cur = add.outputs[0]
-            continue
-        return shape is not None and tensor_shape(other[0]) == shape
+        if len(consumers) != 1:
+            return None
+        nxt = consumers[0]
+        other = [x for x in nxt.inputs if x is not cur]
+        if nxt.op == "Reshape" and (tensor_shape(nxt.outputs[0]) or [None])[-1] == width:
+            cur = nxt.outputs[0]
+        elif nxt.op == "Add" and len(other) == 1 and isinstance(other[0], gs.Constant):
+            bias = other[0].values
+            if bias.size not in (1, width) or bias.ndim > len(tensor_shape(cur) or ()):
+                return None
+            vector += np.broadcast_to(bias.reshape(-1), (width,))
+            cur = nxt.outputs[0]
+        elif nxt.op == "Add" and len(other) == 1:
+            same = symbolic_shape(other[0]) == symbolic_shape(cur) is not None
+            return (nxt, cur, vector) if same else None
+        else:
+            return None
 
 
 def find_blocks(analysis: Analysis) -> list[Block]:
@@ -51,7 +75,7 @@ def find_blocks(analysis: Analysis) -> list[Block]:
             continue
         dims = {d.id for d in g.dims}
         points = [(n, slot, d) for n, slot, _, d in analysis.contractions if d.id in dims]
-        if not points or not all(_writes_to_residual(n.outputs[0]) for n, _, _ in points):
+        if not points or not all(residual_path(n) for n, _, _ in points):
             continue
         score = 0.0
         for n, slot, _ in points:

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,10 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         log.warning("onnx shape inference failed (%s)", e)
     if _incomplete(model, found):
         symbolic = _symbolic_infer(skeleton)
+        io = {vi.name for vi in list(model.graph.input) + list(model.graph.output)}
         for vi in symbolic.graph.value_info if symbolic is not None else ():
+            if vi.name in io:  # declared I/O shapes are the contract; never override them
+                continue
             if vi.name not in found or _known_dims(vi) > _known_dims(found[vi.name]):
                 found[vi.name] = vi
     if found:
@@ -111,14 +115,27 @@ def _incomplete(model: onnx.ModelProto, found: dict) -> bool:
     return False
 
 
+_CWD_LOCK = threading.Lock()
+
+
 def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """ORT's symbolic shape inference. It may write scratch files into the working
+    directory, so it runs inside a temporary one."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
-        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception as e:  # missing sympy, or an op it does not know
-        log.warning("ORT symbolic shape inference failed (%s); using onnx's", e)
+    except ImportError as e:
+        log.warning("ORT symbolic shape inference unavailable (%s)", e)
         return None
+    with _CWD_LOCK, tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
+        cwd = os.getcwd()
+        os.chdir(tmp)
+        try:
+            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        except Exception as e:  # missing sympy, or an op it does not know
+            log.warning("ORT symbolic shape inference failed (%s); using onnx's", e)
+            return None
+        finally:
+            os.chdir(cwd)
 
 
 def import_graph(model: onnx.ModelProto, inferred: bool = False) -> gs.Graph:

@@ -107,3 +107,22 @@ def test_ort_fused_forms_prune_exactly(name):
     result = prune_and_check(fused, 0.0, ratios={"head": 0.5, "neuron": 0.5})
     kept = sorted((gp.kind, gp.units - len(gp.remove)) for gp in result.plan.groups)
     assert kept == sorted([("head", units // 2)] * n_heads + [("neuron", neurons // 2)] * n_mlp)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_width_and_depth_on_causal_lms(name):
+    """Width (Minitron): embeddings, norms, every projection and the LM head lose the same
+    hidden channels; approximate. Depth: two sub-blocks dropped; exact."""
+    from graphprune.prune import PruneOptions, prune_model
+    from pruning_checks import assert_structure, assert_valid
+
+    model = onnx.load(build(name, "dynamo", True))
+    result = prune_model(model, PruneOptions(ratio=0.0, hidden=0.25))
+    assert_valid(result.model, model)
+    assert assert_structure(result) > 0
+    (gp,) = result.plan.groups
+    assert gp.kind == "hidden" and gp.approximate and gp.units - len(gp.remove) == 48
+    assert result.parity.status == "approximate" and result.parity.max_abs_diff > 0
+    dropped = prune_and_check(model, 0.0, drop_layers=2)
+    assert sum(gp.drop for gp in dropped.plan.groups) == 2

@@ -56,8 +56,10 @@ class Group:
 
     @property
     def unit_width(self) -> int:
-        """Indices one unit spans in the widest weight axis (head_dim for a head group)."""
-        return max((d.size // self.units for d in self.carriers()), default=1)
+        """Indices one unit spans in an activation (head_dim for a head group; for GQA the
+        query columns of one KV group)."""
+        dims = [d for d in self.dims if d.kind == "act"] or self.carriers()
+        return max((d.size // self.units for d in dims), default=1)
 
     def carriers(self) -> list[Dim]:
         return [d for d in self.dims if d.kind == "const"]
