@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE_DIR = Path(__file__).resolve().parent / "_cache"
+from .cache import CACHE_DIR, cached  # noqa: F401  (CACHE_DIR re-exported)
+
 SEED = 0
 VOCAB = 100
 BATCH, SEQ = 2, 16
@@ -156,27 +157,16 @@ def build(
         raise KeyError(f"unknown transformer zoo model {name!r}; choose from {TRANSFORMER_ZOO}")
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-    cache = Path(cache_dir) if cache_dir is not None else CACHE_DIR
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / f"{name}-{exporter}{'-dynamic' if dynamic else ''}.onnx"
-    if target.exists():
-        return target
 
-    import torch
+    def write(tmp: str) -> None:
+        import torch
 
-    from graphprune.exporters.hf_export import export_hf
+        from graphprune.exporters.hf_export import export_hf
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".onnx", dir=cache)
-    os.close(fd)
-    try:
         inputs = {k: torch.from_numpy(v) for k, v in example_feeds(name).items()}
         export_hf(make_model(name), inputs, tmp, exporter=exporter, dynamic=dynamic)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
+
+    return cached(f"{name}-{exporter}{'-dynamic' if dynamic else ''}.onnx", write, cache_dir)
 
 
 def check(names: list[str], cache_dir: str | os.PathLike | None = None) -> None:

@@ -7,7 +7,6 @@ path. Every module is seeded, in eval mode, and has non-trivial BatchNorm statis
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-CACHE_DIR = Path(__file__).resolve().parent / "_cache"
+from .cache import CACHE_DIR, cached  # noqa: F401  (CACHE_DIR re-exported)
+
 SEED = 0
 
 
@@ -389,33 +389,22 @@ def build(
         raise KeyError(f"unknown zoo model {name!r}; choose from {sorted(ZOO)} or {SKLEARN_MLP!r}")
     if exporter not in ("torchscript", "dynamo"):
         raise ValueError(f"exporter must be 'torchscript' or 'dynamo', got {exporter!r}")
-    cache = Path(cache_dir) if cache_dir is not None else CACHE_DIR
-    cache.mkdir(parents=True, exist_ok=True)
     tag = "sklearn" if name == SKLEARN_MLP else exporter
-    target = cache / f"{name}-{tag}.onnx"
-    if target.exists():
-        return target
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}-", suffix=".onnx", dir=cache)
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         if name == SKLEARN_MLP:
             build_sklearn_mlp(tmp)
-        else:
-            from graphprune.exporters import export_torch
+            return
+        from graphprune.exporters import export_torch
 
-            entry = ZOO[name]
-            export_torch(
-                entry.make_module(),
-                entry.example_inputs(),
-                tmp,
-                exporter=exporter,
-                input_names=entry.input_names,
-                output_names=entry.output_names,
-            )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return target
+        entry = ZOO[name]
+        export_torch(
+            entry.make_module(),
+            entry.example_inputs(),
+            tmp,
+            exporter=exporter,
+            input_names=entry.input_names,
+            output_names=entry.output_names,
+        )
+
+    return cached(f"{name}-{tag}.onnx", write, cache_dir)
