@@ -23,6 +23,11 @@ from .report import build_report, format_analysis, format_summary, group_rows
 
 log = logging.getLogger("graphprune")
 
+GQA_HELP = (
+    "GQA unit: 'kv' removes whole KV groups with their query heads; 'query' removes "
+    "query heads evenly inside every KV group (KV heads kept)"
+)
+
 #: CLI flag -> group kind it sets a ratio for
 KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel"}
 
@@ -47,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
         help="node or tensor name (glob) to keep untouched; repeatable",
     )
     a.add_argument("--json", metavar="PATH", help="write the groups as JSON")
+    a.add_argument("--gqa", choices=("kv", "query"), default="kv", help=GQA_HELP)
     a.add_argument("--all-reasons", action="store_true", help="print every freeze reason")
 
     r = sub.add_parser("prune", help="prune a model and prove parity")
@@ -86,6 +92,7 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help="depth: drop exactly these blocks (indices from `analyze`)",
     )
+    r.add_argument("--gqa", choices=("kv", "query"), default="kv", help=GQA_HELP)
     r.add_argument("--criterion", choices=CRITERIA, default="l2")
     r.add_argument(
         "--round-to", type=int, default=1, metavar="N", help="keep a multiple of N units per group"
@@ -131,7 +138,7 @@ def _write_json(path: str, data) -> None:
 
 
 def cmd_analyze(args) -> int:
-    analysis = analyze_model(args.model, args.exclude)
+    analysis = analyze_model(args.model, args.exclude, args.gqa)
     print(format_analysis(analysis, verbose=args.all_reasons))
     if args.json:
         _write_json(args.json, {"model": args.model, "groups": group_rows(analysis)})
@@ -174,6 +181,7 @@ def cmd_prune(args) -> int:
         hidden=args.hidden,
         drop_layers=args.drop_layers,
         drop_list=drop_list,
+        gqa=args.gqa,
         criterion=args.criterion,
         round_to=args.round_to,
         min_keep=args.min_keep,

@@ -32,6 +32,7 @@ class Plan:
     criterion: str = "l2"
     ratio: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)  # per group kind, over ``ratio``
+    gqa: str = "kv"  # the analysis' GQA unit, so a replay finds the same groups
     version: int = PLAN_VERSION
 
     @property

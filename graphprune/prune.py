@@ -35,6 +35,7 @@ class PruneOptions:
     hidden: float = 0.0  # Minitron width: normalised groups (approximate parity)
     drop_layers: int = 0  # depth: drop this many lowest-scored attention/MLP sub-blocks
     drop_list: tuple[int, ...] = ()  # ... or exactly these blocks (``find_blocks`` indices)
+    gqa: str = "kv"  # GQA unit: "kv" (KV head + its query heads) or "query" (a query slot)
     criterion: str = "l2"
     round_to: int = 1
     min_keep: int = 1
@@ -62,10 +63,10 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 1
 
 
-def analyze_model(model: onnx.ModelProto | str | Path, exclude=()) -> Analysis:
+def analyze_model(model: onnx.ModelProto | str | Path, exclude=(), gqa: str = "kv") -> Analysis:
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)
-    return analyze(import_graph(model), opset_of(model), tuple(exclude))
+    return analyze(import_graph(model), opset_of(model), tuple(exclude), gqa)
 
 
 def prune_model(
@@ -88,7 +89,10 @@ def prune_model(
     if file_bytes is not None:  # measuring a freshly parsed 100 MB proto costs ~0.2 s
         before["bytes"] = file_bytes
     graph = import_graph(model, inferred=True)
-    analysis = analyze(graph, opset, tuple(opts.exclude))
+    gqa = plan.gqa if plan is not None else opts.gqa
+    if gqa not in ("kv", "query"):
+        raise UsageError(f"--gqa must be 'kv' or 'query', got {gqa!r}")
+    analysis = analyze(graph, opset, tuple(opts.exclude), gqa)
     t["analyze"] = time.perf_counter()
     if plan is None:
         scores = score_groups(analysis, opts.criterion, opts.seed)
@@ -104,6 +108,7 @@ def prune_model(
             opts.hidden,
             [b.group for b in drop],
         )
+        plan.gqa = gqa
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
     reference = masked_reference(removal) if opts.parity else None

@@ -126,3 +126,19 @@ def test_width_and_depth_on_causal_lms(name):
     assert result.parity.status == "approximate" and result.parity.max_abs_diff > 0
     dropped = prune_and_check(model, 0.0, drop_layers=2)
     assert sum(gp.drop for gp in dropped.plan.groups) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter,dynamic", VARIANTS)
+def test_gqa_query_heads_evenly_inside_kv_groups(exporter, dynamic):
+    """``--gqa query``: a unit is one query slot of every KV group (4 per layer here); KV
+    heads stay, every group keeps the same number of query heads (q % kv == 0)."""
+    model = onnx.load(build("llama", exporter, dynamic))
+    analysis = analyze_model(model, gqa="query")
+    assert [(g.units, g.unit_width) for g in _groups(analysis, "head")] == [(4, 16)] * 2
+    result = prune_and_check(model, 0.0, ratios={"head": 0.5}, gqa="query")
+    assert result.plan.gqa == "query"  # a replayed plan re-analyses the same way
+    dims = sorted(tuple(t.dims) for t in result.model.graph.initializer if len(t.dims) == 2)
+    # per layer: q (64, 32) = 4 query heads, k and v (64, 16) = 2 KV heads, o (32, 64)
+    assert dims.count((64, 32)) == 2 and dims.count((64, 16)) == 4
+    assert dims.count((32, 64)) == 2

@@ -24,9 +24,10 @@ def tensor_shape(t: gs.Tensor) -> tuple[int | None, ...] | None:
 class LinkContext:
     """Verbs for rules: ``identity``, ``block``, ``offset``, ``contract``, ``freeze``, ``touch``."""
 
-    def __init__(self, space: ElementSpace, opset: int):
+    def __init__(self, space: ElementSpace, opset: int, options: dict | None = None):
         self.space = space
         self.opset = opset
+        self.options = options or {}  # analysis choices, e.g. {"gqa": "query"}
         self.node: gs.Node | None = None
         self.touched: set[int] = set()
         #: (node, input slot, axis, dim): consumer-side contraction points, masked for parity

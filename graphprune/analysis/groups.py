@@ -127,9 +127,12 @@ def _matches(name: str, patterns) -> str | None:
     return None
 
 
-def analyze(graph: gs.Graph, opset: int, exclude=()) -> Analysis:
+def analyze(graph: gs.Graph, opset: int, exclude=(), gqa: str = "kv") -> Analysis:
+    """Link every node's dims by its op rule and build the groups. ``gqa`` chooses the GQA
+    unit: "kv" (a KV head with its query heads) or "query" (one query slot of every KV
+    group, KV heads kept)."""
     space = ElementSpace()
-    ctx = LinkContext(space, opset)
+    ctx = LinkContext(space, opset, {"gqa": gqa})
     implicit: set[str] = set()
     linked: set[int] = set()
     for node in graph.nodes:

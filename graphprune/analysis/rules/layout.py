@@ -72,6 +72,15 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
         if len(ii) == 1 and len(jj) == 1:
             ctx.identity(ctx.in_dim(0, ii[0]), ctx.out_dim(0, jj[0]))
             one_to_one[jj[0]] = ii[0]
+        elif len(jj) == 1 and _repeat_axis(ctx, a, ii) is not None:  # GQA repeat_kv
+            lead, rep = _lead(a, ii)[0], _repeat_axis(ctx, a, ii)
+            # query head h is copy h % n_rep of KV head h // n_rep: the unit is query slot r
+            # in every KV group, and the KV axis stays whole
+            out = ctx.out_dim(0, jj[0])
+            h = np.arange(out.size)
+            ctx.space.link(out, h, ctx.in_dim(0, rep), h % a[rep])
+            ctx.tag(out, "head")
+            ctx.freeze(ctx.in_dim(0, lead), "KV heads kept (--gqa query)")
         elif len(jj) == 1 and _lead(a, ii):  # merge: blocks of the leading input axis
             lead, inner = _lead(a, ii)
             ctx.block(ctx.out_dim(0, jj[0]), ctx.in_dim(0, lead), inner)
@@ -82,6 +91,21 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
             if inner > 1:
                 ctx.tag(heads, "head")
     return one_to_one
+
+
+def _repeat_axis(ctx, a, ii) -> int | None:
+    """With ``--gqa query``: in a merge of (KV heads, n_rep) whose n_rep axis an Expand
+    broadcast (repeat_kv), the n_rep axis; otherwise None."""
+    if ctx.options.get("gqa") != "query" or len(ii) != 2 or any(is_symbol(a[k]) for k in ii):
+        return None
+    rep = ii[1]
+    src = ctx.node.inputs[0]
+    expand = src.inputs[0] if len(src.inputs) == 1 else None
+    if expand is None or expand.op != "Expand" or a[rep] <= 1:
+        return None
+    before = symbolic_shape(expand.inputs[0])
+    off = len(a) - len(before) if before is not None else 0
+    return rep if before is not None and rep - off >= 0 and before[rep - off] == 1 else None
 
 
 def _set_shape(t, shape: list[int]) -> None:
@@ -331,8 +355,8 @@ class Expand(OpRule):
         k0 = len(b) - len(shape)  # output axis set by entry 0 of the shape operand
         follow = set()
         for ax, size in enumerate(a):
-            if size == 1 and b[ax + off] != 1:
-                ctx.touch(ctx.in_dim(0, ax))
+            if size == 1 and b[ax + off] != 1:  # broadcast: the size is the shape operand's
+                ctx.touch(ctx.in_dim(0, ax), ctx.out_dim(0, ax + off))
                 continue
             d = ctx.out_dim(0, ax + off)
             ctx.identity(ctx.in_dim(0, ax), d)
