@@ -13,8 +13,9 @@ import os
 import sys
 from pathlib import Path
 
+from .calibration import calibration_feeds
 from .errors import GraphpruneError, ParityError, UsageError
-from .evaluate import accuracy, load_npz, model_batches
+from .evaluate import accuracy, load_npz
 from .graph import load_model, save_model_atomic
 from .importance import CRITERIA
 from .plan import Plan
@@ -116,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NPZ",
         help="evaluation data (.npz: one array per input, optional 'labels')",
     )
-    r.add_argument("--calib", metavar="NPZ", help="calibration inputs, also used for parity")
+    r.add_argument(
+        "--calib",
+        metavar="NPZ|DIR",
+        help="calibration inputs (.npz or a directory of them): statistics for "
+        "the data-driven criteria (activation, wanda, flap), also fed to parity",
+    )
     r.add_argument("--no-parity", action="store_true", help="skip the parity proof")
     return p
 
@@ -172,9 +178,10 @@ def cmd_prune(args) -> int:
         load_model(args.model)  # raises the one-line "no such file"
     plan = Plan.load(args.plan) if args.plan else None
     feeds = []
+    calib = []
     if args.calib:
-        calib, _ = load_npz(args.calib, model)
-        feeds = model_batches(model, calib, size=8)[:4]
+        calib = calibration_feeds(args.calib, model)
+        feeds = calib[:4]
     opts = PruneOptions(
         ratio=args.ratio,
         ratios=ratios,
@@ -189,6 +196,7 @@ def cmd_prune(args) -> int:
         seed=args.seed,
         parity=not args.no_parity,
         parity_feeds=feeds,
+        calib=calib,
     )
     result = prune_model(args.model, opts, plan=plan)
     extra = {}

@@ -74,7 +74,7 @@ def find_blocks(analysis: Analysis) -> list[Block]:
         if g.kind not in ("head", "neuron"):
             continue
         dims = {d.id for d in g.dims}
-        points = [(n, slot, d) for n, slot, _, d in analysis.contractions if d.id in dims]
+        points = [(c.node, c.slot, c.dim) for c in analysis.contractions if c.dim.id in dims]
         if not points or not all(residual_path(n) for n, _, _ in points):
             continue
         score = 0.0

@@ -6,13 +6,21 @@ worth, and weighing them like whole kernels made L2 worse than random on the dig
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .analysis.context import Contraction
 from .analysis.groups import Analysis, Group
+from .calibration import Activations
 from .errors import UsageError
 
-CRITERIA = ("l1", "l2", "random")
+log = logging.getLogger(__name__)
+
+#: weight-only criteria, then those that need calibration statistics
+CRITERIA = ("l1", "l2", "random", "activation", "wanda", "flap")
+DATA_CRITERIA = ("activation", "wanda", "flap")
 
 
 def unit_index(group: Group, labels: np.ndarray) -> np.ndarray:
@@ -47,18 +55,71 @@ def carrier_scores(group: Group, analysis: Analysis, p: int) -> list[np.ndarray]
     return out
 
 
+def contraction_points(group: Group, analysis: Analysis) -> list[Contraction]:
+    """Where the group's units are consumed: weight slices contracted against an activation."""
+    dims = {d.id for d in group.dims}
+    return [c for c in analysis.contractions if c.dim.id in dims and c.act is not None]
+
+
+def calibration_targets(analysis: Analysis) -> list[tuple[str, int]]:
+    """The activation axes whose statistics the data-driven criteria need."""
+    groups = [g for g in analysis.groups if not g.frozen or g.width_only]
+    return sorted(
+        {(c.act.tensor, c.act.axis) for g in groups for c in contraction_points(g, analysis)}
+    )
+
+
+def activation_scores(
+    group: Group, analysis: Analysis, criterion: str, acts: Activations
+) -> list[np.ndarray]:
+    """Per contraction point, a score per unit (mean-normalised):
+    ``activation`` (Minitron): mean |X_j|; ``wanda``: Σ|W_ij| · ‖X_j‖₂;
+    ``flap``: Var(X_j) · ‖W_:j‖₂² — X_j the activation entering the consumer's column j."""
+    parts = []
+    for c in contraction_points(group, analysis):
+        st = acts.get(c.act.tensor, c.act.axis)
+        w = c.node.inputs[c.slot]
+        if st is None or not isinstance(w, gs.Constant):
+            continue
+        if criterion == "activation":
+            per_index = st.mean_abs
+        elif criterion == "wanda":
+            per_index = slice_norms(np.asarray(w.values), c.axis, 1) * np.sqrt(st.squares)
+        else:  # flap
+            per_index = slice_norms(np.asarray(w.values), c.axis, 2) ** 2 * st.variance
+        units = unit_index(group, analysis.labels[c.dim.base : c.dim.base + c.dim.size])
+        keep = units >= 0
+        score = np.bincount(units[keep], weights=per_index[keep], minlength=group.units)
+        mean = score.mean()
+        parts.append(score / mean if mean > 0 else score)
+    return parts
+
+
 def score_group(
-    group: Group, analysis: Analysis, criterion: str, rng: np.random.Generator
+    group: Group,
+    analysis: Analysis,
+    criterion: str,
+    rng: np.random.Generator,
+    acts: Activations | None = None,
 ) -> np.ndarray:
     if criterion == "random":
         return rng.random(group.units)
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+    if criterion in DATA_CRITERIA:
+        if acts is None:
+            raise UsageError(f"--criterion {criterion} needs calibration data (--calib)")
+        parts = activation_scores(group, analysis, criterion, acts)
+        if parts:
+            return np.sum(parts, axis=0)
+        log.info("group %s has no measured consumer; scoring it by L2", group.key)
     parts = carrier_scores(group, analysis, 1 if criterion == "l1" else 2)
     return np.sum(parts, axis=0) if parts else np.zeros(group.units)
 
 
-def score_groups(analysis: Analysis, criterion: str = "l2", seed: int = 0) -> dict[int, np.ndarray]:
+def score_groups(
+    analysis: Analysis, criterion: str = "l2", seed: int = 0, acts: Activations | None = None
+) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     groups = [g for g in analysis.groups if not g.frozen or g.width_only]
-    return {g.id: score_group(g, analysis, criterion, rng) for g in groups}
+    return {g.id: score_group(g, analysis, criterion, rng, acts) for g in groups}

@@ -17,10 +17,11 @@ from graphprune.passes.removal import Removal
 from graphprune.passes.slice_constants import SliceConstants
 
 from .analysis.groups import Analysis, analyze
+from .calibration import capture
 from .depth import Block, choose_blocks, find_blocks
 from .errors import UsageError
 from .graph import check_model, export_model, import_graph, infer_shapes, load_model
-from .importance import score_groups
+from .importance import DATA_CRITERIA, calibration_targets, score_groups
 from .metrics import summarize
 from .plan import Plan, make_plan, removed_labels
 from .validate import ParityResult, compare, session
@@ -43,6 +44,7 @@ class PruneOptions:
     seed: int = 0
     parity: bool = True
     parity_feeds: list = field(default_factory=list)
+    calib: list = field(default_factory=list)  # feed dicts for data-driven criteria
 
 
 @dataclass
@@ -95,7 +97,12 @@ def prune_model(
     analysis = analyze(graph, opset, tuple(opts.exclude), gqa)
     t["analyze"] = time.perf_counter()
     if plan is None:
-        scores = score_groups(analysis, opts.criterion, opts.seed)
+        acts = None
+        if opts.criterion in DATA_CRITERIA:
+            if not opts.calib:
+                raise UsageError(f"--criterion {opts.criterion} needs calibration data (--calib)")
+            acts = capture(model, opts.calib, calibration_targets(analysis))
+        scores = score_groups(analysis, opts.criterion, opts.seed, acts)
         drop = select_blocks(analysis, opts)
         plan = make_plan(
             analysis,

@@ -23,7 +23,7 @@ class DropBlocks:
 
     def run(self, removal: Removal) -> PassResult:
         dropped = 0
-        for node, _slot, _axis, d in removal.analysis.contractions:
+        for node, _slot, _axis, d, _act in removal.analysis.contractions:
             if len(removal.of_dim(d)) < d.size or not node.outputs:
                 continue
             path = residual_path(node)

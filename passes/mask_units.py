@@ -15,7 +15,7 @@ def masked_reference(removal: Removal) -> onnx.ModelProto:
     graph = removal.analysis.graph
     copy = graph.copy()
     node_map = {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
-    for k, (node, slot, axis, d) in enumerate(removal.analysis.contractions):
+    for k, (node, slot, axis, d, _act) in enumerate(removal.analysis.contractions):
         idx = removal.of_dim(d)
         if len(idx) == 0:
             continue

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from .space import Dim, ElementSpace
+
+
+class Contraction(NamedTuple):
+    node: gs.Node
+    slot: int  # the input summed over
+    axis: int
+    dim: Dim
+    act: Dim | None  # the activation dim it is multiplied with, if any
 
 
 class Unsupported(Exception):  # noqa: N818 - a verdict, not a failure
@@ -30,8 +40,8 @@ class LinkContext:
         self.options = options or {}  # analysis choices, e.g. {"gqa": "query"}
         self.node: gs.Node | None = None
         self.touched: set[int] = set()
-        #: (node, input slot, axis, dim): consumer-side contraction points, masked for parity
-        self.contractions: list[tuple[gs.Node, int, int, Dim]] = []
+        #: consumer-side contraction points: masked for parity, measured for importance
+        self.contractions: list[Contraction] = []
         #: id(node) -> what its rule decided and its refold must honour (e.g. shape entries
         #: that follow their dims at run time)
         self.notes: dict[int, dict] = {}
@@ -148,6 +158,7 @@ class LinkContext:
         i = np.arange(part.size)
         self.space.link(whole, start + i * step, part, i)
 
-    def contract(self, slot: int, d: Dim) -> None:
-        """Input ``slot`` is summed over ``d`` here: the masking point for parity."""
-        self.contractions.append((self.node, slot, d.axis, d))
+    def contract(self, slot: int, d: Dim, act: Dim | None = None) -> None:
+        """Input ``slot`` is summed over ``d`` here: the masking point for parity. ``act``
+        is the activation dim multiplied against it (where calibration statistics live)."""
+        self.contractions.append(Contraction(self.node, slot, d.axis, d, act))

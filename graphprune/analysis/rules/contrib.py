@@ -59,8 +59,9 @@ class Attention(OpRule):
             _head_blocks(ctx, d, heads, dq, dk // n)
             _head_blocks(ctx, d, heads, dq + dk, dv // n)
         w_in = ctx.in_dim(1, 0)
-        ctx.identity(ctx.in_dim(0, 2), w_in)
-        ctx.contract(1, w_in)
+        x = ctx.in_dim(0, 2)
+        ctx.identity(x, w_in)
+        ctx.contract(1, w_in, x)
         for ax in (0, 1):
             ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
         _head_blocks(ctx, ctx.out_dim(0, 2), heads, 0, dv // n)

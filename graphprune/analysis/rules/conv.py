@@ -22,8 +22,9 @@ def _link_conv(ctx, w_out_axis: int, w_in_axis: int) -> None:
     y_ch = ctx.out_dim(0, 1)
     if group == 1:
         w_in = ctx.in_dim(1, w_in_axis)
-        ctx.identity(ctx.in_dim(0, 1), w_in)
-        ctx.contract(1, w_in)
+        x_ch = ctx.in_dim(0, 1)
+        ctx.identity(x_ch, w_in)
+        ctx.contract(1, w_in, x_ch)
         ctx.identity(ctx.in_dim(1, w_out_axis), y_ch)
     else:
         x_ch = ctx.in_dim(0, 1)

@@ -16,9 +16,9 @@ class Gemm(OpRule):
         a_m, a_k = (1, 0) if ta else (0, 1)
         b_k, b_n = (1, 0) if tb else (0, 1)
         ctx.identity(ctx.in_dim(0, a_m), ctx.out_dim(0, 0))
-        bk = ctx.in_dim(1, b_k)
-        ctx.identity(ctx.in_dim(0, a_k), bk)
-        ctx.contract(1, bk)
+        bk, ak = ctx.in_dim(1, b_k), ctx.in_dim(0, a_k)
+        ctx.identity(ak, bk)
+        ctx.contract(1, bk, ak)
         ctx.identity(ctx.in_dim(1, b_n), ctx.out_dim(0, 1))
         if ctx.inp(2) is not None:
             link_broadcast(ctx, [2])
@@ -34,9 +34,9 @@ class MatMul(OpRule):
             raise Unsupported("rank unknown")
         if len(a) < 2 or len(b) < 2:
             raise Unsupported("1-D MatMul operand")
-        bk = ctx.in_dim(1, len(b) - 2)
-        ctx.identity(ctx.in_dim(0, len(a) - 1), bk)
-        ctx.contract(1, bk)
+        bk, ak = ctx.in_dim(1, len(b) - 2), ctx.in_dim(0, len(a) - 1)
+        ctx.identity(ak, bk)
+        ctx.contract(1, bk, ak)
         ctx.identity(ctx.in_dim(0, len(a) - 2), ctx.out_dim(0, len(y) - 2))
         ctx.identity(ctx.in_dim(1, len(b) - 1), ctx.out_dim(0, len(y) - 1))
         for i, shape in ((0, a), (1, b)):  # leading batch axes broadcast

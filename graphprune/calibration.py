@@ -1,0 +1,116 @@
+"""Calibration data and activation statistics captured through ONNX Runtime.
+
+Sources: an ``.npz`` (one array per graph input, first axis = samples), a directory of
+``.npz`` files, or (Python API) any iterable of feed dicts. Models with a fixed batch
+dimension are fed in chunks of that size. Statistics are streamed per channel (sum, sum of
+squares, sum of absolute values, count), so memory stays bounded by the channel counts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from .errors import CalibrationError
+from .evaluate import load_npz, model_batches
+from .validate import session
+
+log = logging.getLogger(__name__)
+
+
+def calibration_feeds(source, model: onnx.ModelProto, batch: int = 16) -> list[dict]:
+    """Feed dicts for ``model`` from a path (.npz file or directory of them) or an
+    iterable of feed dicts."""
+    if isinstance(source, str | Path):
+        p = Path(source)
+        files = sorted(p.glob("*.npz")) if p.is_dir() else [p]
+        if not files:
+            raise CalibrationError(f"{p}: no .npz files")
+        feeds = []
+        for f in files:
+            arrays, _ = load_npz(f, model)
+            feeds += model_batches(model, arrays, size=batch)
+        return feeds
+    feeds = [dict(f) for f in source] if isinstance(source, Iterable) else []
+    if not feeds:
+        raise CalibrationError("calibration data holds no samples")
+    return feeds
+
+
+@dataclass
+class ChannelStats:
+    """Streaming per-channel moments of one activation axis."""
+
+    count: int = 0
+    total: np.ndarray | None = None
+    squares: np.ndarray | None = None
+    absolute: np.ndarray | None = None
+
+    def add(self, x: np.ndarray, axis: int) -> None:
+        x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0).reshape(x.shape[axis], -1)
+        parts = (x.sum(1), np.einsum("ij,ij->i", x, x), np.abs(x).sum(1))
+        if self.total is None:
+            self.total, self.squares, self.absolute = parts
+        else:
+            self.total += parts[0]
+            self.squares += parts[1]
+            self.absolute += parts[2]
+        self.count += x.shape[1]
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / self.count
+
+    @property
+    def mean_square(self) -> np.ndarray:
+        return self.squares / self.count
+
+    @property
+    def variance(self) -> np.ndarray:
+        return np.maximum(self.mean_square - self.mean**2, 0.0)
+
+    @property
+    def mean_abs(self) -> np.ndarray:
+        return self.absolute / self.count
+
+
+@dataclass
+class Activations:
+    """Statistics per ``(tensor name, axis)``, and how many samples produced them."""
+
+    stats: dict[tuple[str, int], ChannelStats] = field(default_factory=dict)
+    samples: int = 0
+
+    def get(self, name: str, axis: int) -> ChannelStats | None:
+        return self.stats.get((name, axis))
+
+
+def capture(model: onnx.ModelProto, feeds: list[dict], targets) -> Activations:
+    """Run ``model`` on every feed (ORT, optimisations off so intermediates exist) and stream
+    per-channel statistics of each ``(tensor name, axis)`` in ``targets``; one pass serves
+    every target."""
+    targets = sorted(set(targets))
+    names = sorted({n for n, _ in targets})
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in present:
+            probe.graph.output.append(onnx.ValueInfoProto(name=name))
+    sess = session(probe)
+    out = Activations()
+    for k, feed in enumerate(feeds):
+        try:
+            values = dict(zip(names, sess.run(names, feed), strict=True))
+        except Exception as e:
+            raise CalibrationError(f"calibration batch {k}: the model cannot run it ({e})") from e
+        for name, axis in targets:
+            out.stats.setdefault((name, axis), ChannelStats()).add(values[name], axis)
+        out.samples += len(next(iter(feed.values())))
+        log.info("calibration: batch %d/%d", k + 1, len(feeds))
+    return out

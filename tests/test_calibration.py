@@ -1,0 +1,110 @@
+"""Calibration-driven importance: statistics captured through ONNX Runtime rank a planted
+unimportant unit last where weight magnitude would not; bad data fails clearly."""
+
+import numpy as np
+import pytest
+
+from graphprune.calibration import calibration_feeds, capture
+from graphprune.cli import main
+from graphprune.errors import CalibrationError, UsageError
+from graphprune.prune import PruneOptions, prune_model
+from graphs import G
+from pruning_checks import prune_and_check
+
+PLANTED = 5
+
+
+def _mlp(batch="N"):
+    """x -> Gemm(16->8) -> Relu -> Gemm(8->4). Neuron 5 barely fires (tiny input weights) but
+    its outgoing weights are large: L2 keeps it, any data-driven criterion drops it."""
+    g = G(seed=1)
+    x = g.input("x", [batch, 16])
+    w1 = g.rng.standard_normal((8, 16))
+    w1[PLANTED] *= 1e-3
+    w2 = g.rng.standard_normal((4, 8))
+    w2[:, PLANTED] *= 10
+    h = g.op("Gemm", [x, g.w("w1", values=w1), g.w("b1", values=np.zeros(8))], "h", transB=1)
+    y = g.op("Gemm", [g.op("Relu", [h], "r"), g.w("w2", values=w2)], "y", transB=1)
+    return g.model([y])
+
+
+def _feeds(n=64, batch=16):
+    x = np.random.default_rng(0).standard_normal((n, 16)).astype(np.float32)
+    return [{"x": x[s : s + batch]} for s in range(0, n, batch)]
+
+
+@pytest.mark.parametrize("criterion", ["activation", "wanda", "flap"])
+def test_data_criteria_rank_the_planted_unit_last(criterion):
+    result = prune_and_check(_mlp(), 1 / 8, criterion=criterion, calib=_feeds())
+    (gp,) = result.plan.groups
+    assert gp.remove == [PLANTED]
+
+
+def test_l2_alone_keeps_the_planted_unit():  # what makes the planted unit a real test
+    result = prune_and_check(_mlp(), 1 / 8, criterion="l2")
+    assert result.plan.groups[0].remove != [PLANTED]
+
+
+def test_capture_streams_moments_exactly():
+    from onnx import numpy_helper
+
+    model = _mlp()
+    feeds = _feeds()
+    acts = capture(model, feeds, [("r", 1)])
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    x = np.concatenate([f["x"] for f in feeds]).astype(np.float64)
+    r = np.maximum(x @ w["w1"].T + w["b1"], 0)  # what the Relu output must be
+    st = acts.get("r", 1)
+    assert acts.samples == 64 and st.count == 64
+    assert np.allclose(st.mean, r.mean(0), atol=1e-5)
+    assert np.allclose(st.mean_square, (r * r).mean(0), atol=1e-5)
+    assert np.allclose(st.variance, r.var(0), atol=1e-5)
+    assert np.allclose(st.mean_abs, np.abs(r).mean(0), atol=1e-5)
+
+
+def test_fixed_batch_model_is_fed_in_its_batch_size(tmp_path):
+    model = _mlp(batch=4)
+    np.savez(tmp_path / "c.npz", x=np.ones((10, 16), np.float32))
+    feeds = calibration_feeds(tmp_path / "c.npz", model)
+    assert [len(f["x"]) for f in feeds] == [4, 4]
+    assert capture(model, feeds, [("r", 1)]).samples == 8
+
+
+def test_data_criterion_without_calibration_is_a_usage_error():
+    with pytest.raises(UsageError, match="needs calibration data"):
+        prune_model(_mlp(), PruneOptions(ratio=0.5, criterion="wanda"))
+
+
+@pytest.mark.parametrize(
+    "arrays,needle",
+    [
+        ({"x": np.zeros((0, 16), np.float32)}, "non-zero number of samples"),
+        ({"wrong": np.zeros((4, 16), np.float32)}, "no array for graph input"),
+    ],
+)
+def test_bad_calibration_file_is_one_line_exit_7(tmp_path, capsys, arrays, needle):
+    import onnx
+
+    model_path = tmp_path / "m.onnx"
+    onnx.save(_mlp(), model_path)
+    np.savez(tmp_path / "c.npz", **arrays)
+    code = main(
+        [
+            "prune",
+            str(model_path),
+            "-o",
+            str(tmp_path / "o.onnx"),
+            "--criterion",
+            "wanda",
+            "--calib",
+            str(tmp_path / "c.npz"),
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 7 and len(err) == 1 and needle in err[0]
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_empty_calibration_iterable_is_an_error():
+    with pytest.raises(CalibrationError):
+        calibration_feeds([], _mlp())
