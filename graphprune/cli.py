@@ -94,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
         help="depth: drop exactly these blocks (indices from `analyze`)",
     )
     r.add_argument("--gqa", choices=("kv", "query"), default="kv", help=GQA_HELP)
+    r.add_argument(
+        "--reconstruct",
+        choices=("none", "bias"),
+        default="none",
+        help="bias: fold the removed units' mean contribution into the consumers' "
+        "biases (FLAP; needs --calib; parity then approximate)",
+    )
     r.add_argument("--criterion", choices=CRITERIA, default="l2")
     r.add_argument(
         "--round-to", type=int, default=1, metavar="N", help="keep a multiple of N units per group"
@@ -197,6 +204,7 @@ def cmd_prune(args) -> int:
         parity=not args.no_parity,
         parity_feeds=feeds,
         calib=calib,
+        reconstruct=args.reconstruct,
     )
     result = prune_model(args.model, opts, plan=plan)
     extra = {}
@@ -220,6 +228,8 @@ def cmd_prune(args) -> int:
         "drop_layers": args.drop_layers,
         "drop_layers_list": list(drop_list),
         "criterion": args.criterion,
+        "reconstruct": args.reconstruct,
+        "calibration_batches": len(calib),
         "round_to": args.round_to,
         "min_keep": args.min_keep,
         "exclude": args.exclude,

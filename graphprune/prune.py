@@ -12,6 +12,7 @@ import onnx
 
 from graphprune.passes.drop_blocks import DropBlocks
 from graphprune.passes.mask_units import masked_reference
+from graphprune.passes.reconstruct_bias import ReconstructBias, bias_deltas
 from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import Removal
 from graphprune.passes.slice_constants import SliceConstants
@@ -27,6 +28,8 @@ from .plan import Plan, make_plan, removed_labels
 from .validate import ParityResult, compare, session
 
 log = logging.getLogger(__name__)
+
+RECONSTRUCTIONS = ("none", "bias")
 
 
 @dataclass
@@ -45,6 +48,7 @@ class PruneOptions:
     parity: bool = True
     parity_feeds: list = field(default_factory=list)
     calib: list = field(default_factory=list)  # feed dicts for data-driven criteria
+    reconstruct: str = "none"  # "bias": FLAP bias compensation (needs calib)
 
 
 @dataclass
@@ -96,12 +100,20 @@ def prune_model(
         raise UsageError(f"--gqa must be 'kv' or 'query', got {gqa!r}")
     analysis = analyze(graph, opset, tuple(opts.exclude), gqa)
     t["analyze"] = time.perf_counter()
+    needs_data = (plan is None and opts.criterion in DATA_CRITERIA) or opts.reconstruct != "none"
+    if opts.reconstruct not in RECONSTRUCTIONS:
+        raise UsageError(f"--reconstruct must be one of {', '.join(RECONSTRUCTIONS)}")
+    acts = None
+    if needs_data:
+        if not opts.calib:
+            what = (
+                f"--criterion {opts.criterion}"
+                if plan is None and opts.criterion in DATA_CRITERIA
+                else f"--reconstruct {opts.reconstruct}"
+            )
+            raise UsageError(f"{what} needs calibration data (--calib)")
+        acts = capture(model, opts.calib, calibration_targets(analysis))
     if plan is None:
-        acts = None
-        if opts.criterion in DATA_CRITERIA:
-            if not opts.calib:
-                raise UsageError(f"--criterion {opts.criterion} needs calibration data (--calib)")
-            acts = capture(model, opts.calib, calibration_targets(analysis))
         scores = score_groups(analysis, opts.criterion, opts.seed, acts)
         drop = select_blocks(analysis, opts)
         plan = make_plan(
@@ -119,29 +131,45 @@ def prune_model(
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
     reference = masked_reference(removal) if opts.parity else None
+    deltas = bias_deltas(removal, acts) if opts.reconstruct == "bias" else []
     t["mask"] = time.perf_counter()
     for p in (RefoldCounts(), SliceConstants(), DropBlocks()):
         res = p.run(removal)
         log.info("pass %s: %s", res.name, res.detail or ("changed" if res.modified else "-"))
-    pruned = export_model(graph, template=model)
-    check_model(pruned, original=model)
-    after = summarize(pruned)
-    if not given_value_info:
-        # Same kind of file as the input: ORT fuses differently when intermediate shapes are
-        # annotated (Add+LayerNorm -> SkipLayerNormalization, slower on some CPUs), so a
-        # file that came without them goes out without them.
-        del pruned.graph.value_info[:]
-    del model.graph.value_info[:]
-    model.graph.value_info.extend(given_value_info)
+
+    def finish():
+        out = export_model(graph, template=model)
+        check_model(out, original=model)
+        counts = summarize(out)
+        if not given_value_info:
+            # Same kind of file as the input: ORT fuses differently when intermediate shapes
+            # are annotated (Add+LayerNorm -> SkipLayerNormalization, slower on some CPUs),
+            # so a file that came without them goes out without them.
+            del out.graph.value_info[:]
+        return out, counts
+
+    pruned, after = finish()
     t["rewrite"] = time.perf_counter()
-    if reference is not None:
-        approximate = any(gp.approximate for gp in plan.groups)
+    approximate = any(gp.approximate for gp in plan.groups)
+    if reference is not None:  # mask-equivalence: the plan before any reconstruction
         parity = compare(
             reference, pruned, feeds=opts.parity_feeds, seed=opts.seed, approximate=approximate
         )
     else:
         session(pruned)  # it must at least load
         parity = ParityResult("skipped")
+    if deltas and parity.status != "failed":
+        res = ReconstructBias().run(removal, deltas)
+        log.info("pass %s: %s", res.name, res.detail)
+        pruned, after = finish()
+        if reference is not None:  # the function changed on purpose: measure by how much
+            checked = parity.status
+            parity = compare(
+                reference, pruned, feeds=opts.parity_feeds, seed=opts.seed, approximate=True
+            )
+            parity.mask_check = checked
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(given_value_info)
     t["parity"] = time.perf_counter()
     keys = list(t)
     timings = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}

@@ -95,6 +95,8 @@ class ParityResult:
     max_rel_diff: float = 0.0
     per_output: dict[str, dict[str, float]] = field(default_factory=dict)
     n_inputs: int = 0
+    #: with reconstruction: the mask-equivalence verdict of the plan before it
+    mask_check: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -103,6 +105,7 @@ class ParityResult:
             "max_rel_diff": self.max_rel_diff,
             "per_output": self.per_output,
             "inputs": self.n_inputs,
+            "mask_check": self.mask_check,
         }
 
 

@@ -108,3 +108,50 @@ def test_bad_calibration_file_is_one_line_exit_7(tmp_path, capsys, arrays, needl
 def test_empty_calibration_iterable_is_an_error():
     with pytest.raises(CalibrationError):
         calibration_feeds([], _mlp())
+
+
+def _constant_unit_mlp(op):
+    """Neuron 5 always outputs relu(0·x + 2) = 2: removing it and folding its mean into the
+    next bias must give back the original function exactly."""
+    g = G(seed=2)
+    x = g.input("x", ["N", 16])
+    w1 = g.rng.standard_normal((16, 8))
+    w1[:, PLANTED] = 0.0
+    b1 = g.rng.standard_normal(8)
+    b1[PLANTED] = 2.0
+    if op == "Gemm":
+        h = g.op("Gemm", [x, g.w("w1", values=w1), g.w("b1", values=b1)], "h")
+        y = g.op("Gemm", [g.op("Relu", [h], "r"), g.w("w2", 8, 4)], "y")
+    else:
+        h = g.op(
+            "Add", [g.op("MatMul", [x, g.w("w1", values=w1)], "mm"), g.w("b1", values=b1)], "h"
+        )
+        y = g.op("MatMul", [g.op("Relu", [h], "r"), g.w("w2", 8, 4)], "y")
+    return g.model([y])
+
+
+@pytest.mark.parametrize("op", ["Gemm", "MatMul"])
+def test_bias_reconstruction_recovers_a_constant_unit_exactly(op):
+    import onnxruntime as ort
+
+    model = _constant_unit_mlp(op)
+    feeds = _feeds()
+    plain = prune_model(model, PruneOptions(ratio=1 / 8, criterion="flap", calib=feeds))
+    fixed = prune_model(
+        model, PruneOptions(ratio=1 / 8, criterion="flap", calib=feeds, reconstruct="bias")
+    )
+    assert fixed.plan.groups[0].remove == [PLANTED]
+    assert fixed.parity.mask_check == "exact" and fixed.parity.status == "approximate"
+
+    def run(m):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": np.concatenate([f["x"] for f in feeds])})[0]
+
+    original = run(model)
+    assert np.abs(run(plain.model) - original).max() > 0.1  # removing it does change things
+    assert np.allclose(run(fixed.model), original, atol=1e-5)  # and the bias puts it back
+
+
+def test_reconstruction_without_calibration_is_a_usage_error():
+    with pytest.raises(UsageError, match="needs calibration data"):
+        prune_model(_mlp(), PruneOptions(ratio=0.5, reconstruct="bias"))
