@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .calibration import calibration_feeds
 from .errors import GraphpruneError, ParityError, UsageError
-from .evaluate import accuracy, load_npz
+from .evaluate import accuracy, load_npz, output_deviation
 from .graph import load_model, save_model_atomic
 from .importance import CRITERIA
 from .plan import Plan
@@ -210,6 +210,7 @@ def cmd_prune(args) -> int:
     extra = {}
     if args.eval:
         data, labels = load_npz(args.eval, model)
+        extra["eval"] = {"data": args.eval, **output_deviation(model, result.model, data)}
         if labels is not None:
             acc_before, n = accuracy(model, data, labels)
             acc_after, _ = accuracy(result.model, data, labels)

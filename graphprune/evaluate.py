@@ -77,3 +77,20 @@ def accuracy(model: onnx.ModelProto, feeds, labels) -> tuple[float, int]:
     out = run_outputs(model, feeds)
     pred = out.argmax(-1) if out.ndim > 1 else out
     return float(np.mean(pred == labels[: len(pred)])), len(pred)
+
+
+def output_deviation(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds) -> dict:
+    """How far the pruned model's first output moved on held-out data: mean cosine
+    similarity per sample (outputs flattened), max and mean absolute difference."""
+    a = run_outputs(original, feeds).astype(np.float64)
+    b = run_outputs(pruned, feeds).astype(np.float64)
+    a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
+    cosine = np.sum(a2 * b2, axis=1) / np.maximum(norms, 1e-12)
+    diff = np.abs(a - b)
+    return {
+        "samples": len(a),
+        "mean_cosine": float(cosine.mean()),
+        "max_abs_diff": float(diff.max()),
+        "mean_abs_diff": float(diff.mean()),
+    }

@@ -99,6 +99,13 @@ def format_summary(rep: dict) -> str:
             f"  parity    {p['status']} (max abs diff {p['max_abs_diff']:.2e}, "
             f"max rel diff {p['max_rel_diff']:.2e}, {p['inputs']} inputs)"
         )
+    if "eval" in rep:
+        ev = rep["eval"]
+        lines.append(
+            f"  held-out  mean cosine {ev['mean_cosine']:.4f}, max abs diff "
+            f"{ev['max_abs_diff']:.3e}, mean abs diff {ev['mean_abs_diff']:.3e} "
+            f"({ev['samples']} samples of {ev['data']})"
+        )
     if "accuracy" in rep:
         acc = rep["accuracy"]
         lines.append(

@@ -49,6 +49,9 @@ def test_prune_writes_valid_model_and_report(tmp_path, capsys):
     assert r["groups"]["total"] == r["groups"]["pruned"] + r["groups"]["frozen"]
     assert sum(r["groups"]["frozen_reasons"].values()) >= r["groups"]["frozen"]
     assert r["time_s"] > 0 and 0.9 < r["accuracy"]["before"] <= 1.0
+    ev = r["eval"]  # deviation of the pruned outputs on held-out data
+    assert ev["samples"] == 450 and 0 < ev["mean_cosine"] < 1
+    assert 0 < ev["mean_abs_diff"] <= ev["max_abs_diff"]
     assert "parity    exact" in capsys.readouterr().out
 
 
