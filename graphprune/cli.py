@@ -101,6 +101,26 @@ def _parser() -> argparse.ArgumentParser:
         help="bias: fold the removed units' mean contribution into the consumers' "
         "biases (FLAP; needs --calib; parity then approximate)",
     )
+    r.add_argument(
+        "--target-macs",
+        type=float,
+        metavar="F",
+        help="keep the fraction F of the MACs (within 2%%); scales --ratio and the "
+        "per-kind ratios together",
+    )
+    r.add_argument(
+        "--target-params",
+        type=float,
+        metavar="F",
+        help="keep the fraction F of the parameters (within 2%%)",
+    )
+    r.add_argument(
+        "--global",
+        dest="global_rank",
+        action="store_true",
+        help="rank units across groups (group-normalised scores) instead of a "
+        "uniform ratio per group",
+    )
     r.add_argument("--criterion", choices=CRITERIA, default="l2")
     r.add_argument(
         "--round-to", type=int, default=1, metavar="N", help="keep a multiple of N units per group"
@@ -205,6 +225,9 @@ def cmd_prune(args) -> int:
         parity_feeds=feeds,
         calib=calib,
         reconstruct=args.reconstruct,
+        target_macs=args.target_macs,
+        target_params=args.target_params,
+        global_rank=args.global_rank,
     )
     result = prune_model(args.model, opts, plan=plan)
     extra = {}
@@ -230,6 +253,9 @@ def cmd_prune(args) -> int:
         "drop_layers_list": list(drop_list),
         "criterion": args.criterion,
         "reconstruct": args.reconstruct,
+        "target_macs": args.target_macs,
+        "target_params": args.target_params,
+        "global": args.global_rank,
         "calibration_batches": len(calib),
         "round_to": args.round_to,
         "min_keep": args.min_keep,

@@ -17,6 +17,7 @@ from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import Removal
 from graphprune.passes.slice_constants import SliceConstants
 
+from .allocate import plan_for_target
 from .analysis.groups import Analysis, analyze
 from .calibration import capture
 from .depth import Block, choose_blocks, find_blocks
@@ -49,6 +50,9 @@ class PruneOptions:
     parity_feeds: list = field(default_factory=list)
     calib: list = field(default_factory=list)  # feed dicts for data-driven criteria
     reconstruct: str = "none"  # "bias": FLAP bias compensation (needs calib)
+    target_macs: float | None = None  # keep this fraction of the MACs (within 2%)
+    target_params: float | None = None  # keep this fraction of the parameters
+    global_rank: bool = False  # one threshold over all units' group-normalised scores
 
 
 @dataclass
@@ -116,6 +120,26 @@ def prune_model(
     if plan is None:
         scores = score_groups(analysis, opts.criterion, opts.seed, acts)
         drop = select_blocks(analysis, opts)
+        budget = _budget(opts)
+        if budget is not None and (drop or opts.hidden):
+            raise UsageError(
+                "a MACs/params target or --global cannot be combined with "
+                "--hidden or --drop-layers yet"
+            )
+    if plan is None and budget is not None:
+        plan = plan_for_target(
+            analysis,
+            scores,
+            *budget,
+            global_rank=opts.global_rank,
+            ratio=opts.ratio,
+            ratios=opts.ratios,
+            round_to=opts.round_to,
+            min_keep=opts.min_keep,
+            criterion=opts.criterion,
+        )
+        plan.gqa = gqa
+    if plan is None:
         plan = make_plan(
             analysis,
             scores,
@@ -174,6 +198,19 @@ def prune_model(
     keys = list(t)
     timings = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
     return PruneResult(pruned, plan, analysis, parity, before, after, timings)
+
+
+def _budget(opts: PruneOptions) -> tuple[str, float] | None:
+    """(what, fraction kept) the plan must reach, if any."""
+    if opts.target_macs is not None and opts.target_params is not None:
+        raise UsageError("give --target-macs or --target-params, not both")
+    if opts.target_macs is not None:
+        return "macs", opts.target_macs
+    if opts.target_params is not None:
+        return "params", opts.target_params
+    if opts.global_rank:
+        return "units", 1.0 - opts.ratio
+    return None
 
 
 def select_blocks(analysis: Analysis, opts: PruneOptions) -> list[Block]:

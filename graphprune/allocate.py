@@ -1,0 +1,217 @@
+"""Allocation to a budget: ``--target-macs F`` / ``--target-params F`` keep the fraction F of
+the model's MACs / parameters (within 2%), with a uniform ratio over groups or, with
+``--global``, one threshold over every unit's group-normalised score.
+
+The cost of a plan is computed, not measured: a Conv / Gemm / MatMul's MACs are
+multilinear in the sizes of its output axes and its contracted axis, and a weight's size in
+the sizes of its axes, so each is its original cost times the kept fraction of those dims.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .analysis.context import tensor_shape
+from .analysis.groups import Analysis
+from .errors import PlanError, UsageError
+from .plan import GroupPlan, Plan, make_plan, n_remove, removed_labels
+
+TOLERANCE = 0.02
+
+
+class CostModel:
+    """MACs and parameters of a plan, as products of kept fractions of the dims."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        space = analysis.space
+        self.sizes = np.array([d.size for d in space.dims], dtype=np.float64)
+        self.bases = np.array([d.base for d in space.dims], dtype=np.int64)
+        self.macs_terms: list[tuple[float, list[int]]] = []
+        contracted = {id(c.node): c.act for c in analysis.contractions if c.act is not None}
+        for node in analysis.graph.nodes:
+            if node.op not in ("Conv", "Gemm", "MatMul") or not node.outputs:
+                continue
+            out = node.outputs[0]
+            shape = tensor_shape(out)
+            if shape is None:
+                continue
+            act = contracted.get(id(node))
+            if node.op == "Conv":  # out elements x (Cin/group) x kernel
+                w = node.inputs[1]
+                if not isinstance(w, gs.Constant):
+                    continue
+                k = float(np.prod(w.values.shape[1:]))
+            else:  # out elements x K
+                k = float(act.size) if act is not None else 0.0
+            dims = [
+                space.index[("act", out.name, ax)].id
+                for ax in range(len(shape))
+                if ("act", out.name, ax) in space.index
+            ]
+            if act is not None:
+                dims.append(act.id)  # group == 1: the contracted channels scale it too
+            known = float(np.prod([s if s is not None else 1 for s in shape]))
+            self.macs_terms.append((known * k, dims))
+        by_tensor: dict[str, tuple[float, list[int]]] = {}
+        for d in space.dims:
+            t = d.node.inputs[d.slot] if d.kind == "const" else None
+            if isinstance(t, gs.Constant) and t.values.dtype.kind == "f":
+                size, dims = by_tensor.get(t.name, (float(t.values.size), []))
+                if all(space.dims[x].axis != d.axis for x in dims):
+                    dims.append(d.id)
+                by_tensor[t.name] = (size, dims)
+        self.param_terms = list(by_tensor.values())
+
+    @staticmethod
+    def _conv_k(node: gs.Node) -> float:
+        w = node.inputs[1]
+        return float(np.prod(w.values.shape[1:])) if isinstance(w, gs.Constant) else 1.0
+
+    def _kept(self, labels_removed: np.ndarray) -> np.ndarray:
+        mask = np.isin(self.analysis.labels, labels_removed).astype(np.float64)
+        removed = np.add.reduceat(mask, self.bases) if len(mask) else np.zeros(0)
+        return (self.sizes - removed) / self.sizes
+
+    def cost(self, plan: Plan, what: str) -> float:
+        if what == "units":
+            total = sum(g.units for g in self.analysis.prunable)
+            return float(total - sum(len(gp.remove) for gp in plan.groups))
+        kept = self._kept(removed_labels(plan, self.analysis))
+        terms = self.macs_terms if what == "macs" else self.param_terms
+        return float(sum(c * np.prod(kept[dims]) for c, dims in terms))
+
+
+def global_plan(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    threshold: float,
+    round_to: int,
+    min_keep: int,
+    criterion: str,
+    kinds=None,
+) -> Plan:
+    """Remove every unit whose group-normalised score is below ``threshold``."""
+    plan = Plan(criterion=criterion, ratio=0.0)
+    for g in analysis.prunable:
+        if kinds is not None and g.kind not in kinds:
+            continue
+        s = scores[g.id]
+        norm = s / s.mean() if s.mean() > 0 else s
+        k = int(np.sum(norm < threshold))
+        k = min(k, n_remove(g.units, (k - 1e-9) / g.units if k else 0, round_to, min_keep))
+        if k > 0:
+            order = np.argsort(norm, kind="stable")[:k]
+            plan.groups.append(GroupPlan(g.key, g.kind, g.units, sorted(int(u) for u in order)))
+    return plan
+
+
+def plan_for_target(
+    analysis: Analysis,
+    scores,
+    what: str,
+    target: float,
+    *,
+    global_rank: bool = False,
+    ratio: float = 0.5,
+    ratios=None,
+    round_to: int = 1,
+    min_keep: int = 1,
+    criterion: str = "l2",
+) -> Plan:
+    """Bisect a scale until the plan keeps ``target`` of the ``what`` ("macs", "params" or
+    "units") within 2%. Uniformly, the scale multiplies ``ratio`` and every per-kind ratio
+    (so their proportions hold); with ``global_rank`` it is one threshold over every unit's
+    group-normalised score."""
+    if not 0.0 < target <= 1.0:
+        raise UsageError(f"the {what} target must be in (0, 1], got {target}")
+    model = CostModel(analysis)
+    full = model.cost(Plan(), what)
+    if full <= 0:
+        raise PlanError(f"the model has no {what} that pruning can reduce")
+    ratios = dict(ratios or {})
+    top = max([ratio, *ratios.values(), 1e-9])
+
+    def make(x: float) -> Plan:
+        if global_rank:
+            return global_plan(analysis, scores, x, round_to, min_keep, criterion)
+        scaled = {k: min(v * x, 0.999) for k, v in ratios.items()}
+        return make_plan(
+            analysis, scores, min(ratio * x, 0.999), round_to, min_keep, criterion, scaled
+        )
+
+    lo, hi = 0.0, (10.0 if global_rank else 1.0 / top)
+    best, best_err = make(lo), abs(1.0 - target)
+    above = best  # the least-pruned plan seen that still keeps more than the target
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        plan = make(mid)
+        kept = model.cost(plan, what) / full
+        if abs(kept - target) < best_err:
+            best, best_err = plan, abs(kept - target)
+        if abs(kept - target) <= TOLERANCE * target:
+            return plan
+        if kept > target:
+            above, lo = plan, mid
+        else:
+            hi = mid
+    if best_err > TOLERANCE * target:  # too coarse: step one unit at a time from above
+        goal, floor = target * (1 + TOLERANCE) * full, target * (1 - TOLERANCE) * full
+        best = _refine(analysis, model, scores, above, what, goal, floor, min_keep)
+        best_err = abs(model.cost(best, what) / full - target)
+    if best_err > TOLERANCE * target:
+        reached = model.cost(best, what) / full
+        raise PlanError(
+            f"{what} target {target}: the closest plan keeps {reached:.3f} "
+            "(frozen groups, --min-keep or --round-to limit it)"
+        )
+    return best
+
+
+def _refine(
+    analysis: Analysis,
+    model: CostModel,
+    scores,
+    plan: Plan,
+    what: str,
+    goal: float,
+    floor: float,
+    min_keep: int,
+) -> Plan:
+    """Step one unit at a time from a plan above ``goal`` towards it: remove the
+    lowest-scored (group-normalised) unit whose removal does not fall below ``floor``;
+    stop when at most ``goal``, when no unit fits, or after 256 steps."""
+    removed = {gp.key: set(gp.remove) for gp in plan.groups}
+    by_key = {g.key: g for g in analysis.prunable}
+    normalised = {g.id: scores[g.id] / max(scores[g.id].mean(), 1e-12) for g in analysis.prunable}
+
+    def build() -> Plan:
+        out = Plan(criterion=plan.criterion, ratio=plan.ratio, ratios=plan.ratios)
+        for key, units in removed.items():
+            if units:
+                g = by_key[key]
+                out.groups.append(GroupPlan(key, g.kind, g.units, sorted(units)))
+        return out
+
+    current = build()
+    for _ in range(256):
+        if model.cost(current, what) <= goal:
+            return current
+        candidates = []  # the next unit of every group, by score
+        for g in analysis.prunable:
+            taken = removed.setdefault(g.key, set())
+            if g.units - len(taken) > max(min_keep, 1):
+                s = normalised[g.id]
+                u = next(int(u) for u in np.argsort(s, kind="stable") if int(u) not in taken)
+                candidates.append((s[u], g.key, u))
+        for _, key, u in sorted(candidates):
+            removed[key].add(u)
+            trial = build()
+            if model.cost(trial, what) >= floor:
+                current = trial
+                break
+            removed[key].discard(u)
+        else:
+            return current
+    return current
