@@ -50,9 +50,13 @@ class ChannelStats:
     total: np.ndarray | None = None
     squares: np.ndarray | None = None
     absolute: np.ndarray | None = None
+    gram: np.ndarray | None = None  # Σ x xᵀ over samples (channels x channels), if asked
 
-    def add(self, x: np.ndarray, axis: int) -> None:
+    def add(self, x: np.ndarray, axis: int, gram: bool = False) -> None:
         x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0).reshape(x.shape[axis], -1)
+        if gram:
+            g = x @ x.T
+            self.gram = g if self.gram is None else self.gram + g
         parts = (x.sum(1), np.einsum("ij,ij->i", x, x), np.abs(x).sum(1))
         if self.total is None:
             self.total, self.squares, self.absolute = parts
@@ -78,6 +82,10 @@ class ChannelStats:
     def mean_abs(self) -> np.ndarray:
         return self.absolute / self.count
 
+    @property
+    def covariance(self) -> np.ndarray:
+        return self.gram / self.count - np.outer(self.mean, self.mean)
+
 
 @dataclass
 class Activations:
@@ -90,9 +98,10 @@ class Activations:
         return self.stats.get((name, axis))
 
 
-def capture(model: onnx.ModelProto, feeds: list[dict], targets) -> Activations:
+def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = False) -> Activations:
     """Run ``model`` on every feed (ORT, optimisations off so intermediates exist) and stream
-    per-channel statistics of each ``(tensor name, axis)`` in ``targets``; one pass serves
+    per-channel statistics of each ``(tensor name, axis)`` in ``targets`` (with ``gram``,
+    also the channel Gram matrix that least-squares reconstruction needs); one pass serves
     every target."""
     targets = sorted(set(targets))
     names = sorted({n for n, _ in targets})
@@ -110,7 +119,7 @@ def capture(model: onnx.ModelProto, feeds: list[dict], targets) -> Activations:
         except Exception as e:
             raise CalibrationError(f"calibration batch {k}: the model cannot run it ({e})") from e
         for name, axis in targets:
-            out.stats.setdefault((name, axis), ChannelStats()).add(values[name], axis)
+            out.stats.setdefault((name, axis), ChannelStats()).add(values[name], axis, gram)
         out.samples += len(next(iter(feed.values())))
         log.info("calibration: batch %d/%d", k + 1, len(feeds))
     return out

@@ -96,10 +96,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--gqa", choices=("kv", "query"), default="kv", help=GQA_HELP)
     r.add_argument(
         "--reconstruct",
-        choices=("none", "bias"),
+        choices=("none", "bias", "lsq"),
         default="none",
-        help="bias: fold the removed units' mean contribution into the consumers' "
-        "biases (FLAP; needs --calib; parity then approximate)",
+        help="bias: fold the removed units' mean contribution into the consumers' biases "
+        "(FLAP); lsq: least-squares refit of the consumers' kept weights and bias. Both "
+        "need --calib; parity is then approximate",
     )
     r.add_argument(
         "--target-macs",

@@ -12,7 +12,7 @@ import onnx
 
 from graphprune.passes.drop_blocks import DropBlocks
 from graphprune.passes.mask_units import masked_reference
-from graphprune.passes.reconstruct_bias import ReconstructBias, bias_deltas
+from graphprune.passes.reconstruct import Reconstruct, plan_updates
 from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import Removal
 from graphprune.passes.slice_constants import SliceConstants
@@ -30,7 +30,7 @@ from .validate import ParityResult, compare, session
 
 log = logging.getLogger(__name__)
 
-RECONSTRUCTIONS = ("none", "bias")
+RECONSTRUCTIONS = ("none", "bias", "lsq")
 
 
 @dataclass
@@ -49,7 +49,8 @@ class PruneOptions:
     parity: bool = True
     parity_feeds: list = field(default_factory=list)
     calib: list = field(default_factory=list)  # feed dicts for data-driven criteria
-    reconstruct: str = "none"  # "bias": FLAP bias compensation (needs calib)
+    reconstruct: str = "none"  # "bias" (FLAP) or "lsq" (least squares); needs calib
+    damping: float = 0.01  # lsq: ridge added to Σ_KK, relative to its mean diagonal
     target_macs: float | None = None  # keep this fraction of the MACs (within 2%)
     target_params: float | None = None  # keep this fraction of the parameters
     global_rank: bool = False  # one threshold over all units' group-normalised scores
@@ -116,7 +117,9 @@ def prune_model(
                 else f"--reconstruct {opts.reconstruct}"
             )
             raise UsageError(f"{what} needs calibration data (--calib)")
-        acts = capture(model, opts.calib, calibration_targets(analysis))
+        acts = capture(
+            model, opts.calib, calibration_targets(analysis), gram=opts.reconstruct == "lsq"
+        )
     if plan is None:
         scores = score_groups(analysis, opts.criterion, opts.seed, acts)
         drop = select_blocks(analysis, opts)
@@ -155,7 +158,11 @@ def prune_model(
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
     reference = masked_reference(removal) if opts.parity else None
-    deltas = bias_deltas(removal, acts) if opts.reconstruct == "bias" else []
+    updates = (
+        plan_updates(removal, acts, opts.reconstruct, opts.damping)
+        if opts.reconstruct != "none"
+        else []
+    )
     t["mask"] = time.perf_counter()
     for p in (RefoldCounts(), SliceConstants(), DropBlocks()):
         res = p.run(removal)
@@ -182,8 +189,8 @@ def prune_model(
     else:
         session(pruned)  # it must at least load
         parity = ParityResult("skipped")
-    if deltas and parity.status != "failed":
-        res = ReconstructBias().run(removal, deltas)
+    if updates and parity.status != "failed":
+        res = Reconstruct().run(removal, updates)
         log.info("pass %s: %s", res.name, res.detail)
         pruned, after = finish()
         if reference is not None:  # the function changed on purpose: measure by how much

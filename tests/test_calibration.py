@@ -155,3 +155,41 @@ def test_bias_reconstruction_recovers_a_constant_unit_exactly(op):
 def test_reconstruction_without_calibration_is_a_usage_error():
     with pytest.raises(UsageError, match="needs calibration data"):
         prune_model(_mlp(), PruneOptions(ratio=0.5, reconstruct="bias"))
+
+
+def _linear_combination_mlp():
+    """Hidden unit 5 = 2·unit1 − unit3 + 0.5 exactly (no activation before the consumer)."""
+    g = G(seed=3)
+    x = g.input("x", ["N", 16])
+    w1 = g.rng.standard_normal((16, 8))
+    b1 = g.rng.standard_normal(8)
+    w1[:, PLANTED] = 2 * w1[:, 1] - w1[:, 3]
+    b1[PLANTED] = 2 * b1[1] - b1[3] + 0.5
+    h = g.op("Gemm", [x, g.w("w1", values=w1), g.w("b1", values=b1)], "h")
+    y = g.op("Gemm", [h, g.w("w2", 8, 4), g.w("b2", 4)], "y", alpha=0.7)
+    return g.model([y])
+
+
+def test_lsq_recovers_a_linear_combination_exactly():
+    import onnxruntime as ort
+
+    from graphprune.plan import GroupPlan, Plan
+    from graphprune.prune import analyze_model
+
+    model = _linear_combination_mlp()
+    (group,) = analyze_model(model).prunable
+    plan = Plan([GroupPlan(group.key, group.kind, group.units, [PLANTED])])
+    feeds = _feeds()
+    opts = dict(ratio=0.0, calib=feeds, damping=1e-9)
+    lsq = prune_model(model, PruneOptions(reconstruct="lsq", **opts), plan=plan)
+    bias = prune_model(model, PruneOptions(reconstruct="bias", **opts), plan=plan)
+    assert lsq.parity.mask_check == "exact"
+    x = np.random.default_rng(9).standard_normal((32, 16)).astype(np.float32)  # held out
+
+    def run(m):
+        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return sess.run(None, {"x": x})[0]
+
+    original = run(model)
+    assert np.abs(run(bias.model) - original).max() > 0.1  # the mean alone is not enough
+    assert np.allclose(run(lsq.model), original, atol=1e-4)  # the refit is exact
