@@ -123,3 +123,25 @@ def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = Fal
         out.samples += len(next(iter(feed.values())))
         log.info("calibration: batch %d/%d", k + 1, len(feeds))
     return out
+
+
+def mean_cosines(model: onnx.ModelProto, feeds: list[dict], pairs) -> list[float]:
+    """For each ``(tensor a, tensor b)`` in ``pairs`` (same shape, features on the last
+    axis), the mean over positions and samples of cos(a, b)."""
+    names = sorted({n for pair in pairs for n in pair})
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    sess = session(probe)
+    sums, counts = np.zeros(len(pairs)), np.zeros(len(pairs))
+    for feed in feeds:
+        values = dict(zip(names, sess.run(names, feed), strict=True))
+        for k, (a, b) in enumerate(pairs):
+            x = values[a].reshape(-1, values[a].shape[-1]).astype(np.float64)
+            y = values[b].reshape(-1, values[b].shape[-1]).astype(np.float64)
+            norms = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+            cos = np.sum(x * y, axis=1) / np.maximum(norms, 1e-12)
+            sums[k] += cos.sum()
+            counts[k] += len(cos)
+    return list(sums / np.maximum(counts, 1))

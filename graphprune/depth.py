@@ -24,8 +24,9 @@ class Block:
     index: int
     kind: str  # "attention" | "mlp"
     group: Group
-    score: float  # weight-based: Frobenius norm of what the block writes to the residual
+    score: float  # weight-based: norm of what it writes to the residual; or 1 − cos (calib)
     outputs: list  # contraction nodes whose outputs become zeros when dropped
+    calibrated: bool = False
 
 
 def residual_path(node: gs.Node):
@@ -93,3 +94,18 @@ def choose_blocks(blocks: list[Block], n: int = 0, indices=()) -> list[Block]:
         by_index = {b.index: b for b in blocks}
         return [by_index[i] for i in indices]
     return sorted(blocks, key=lambda b: b.score)[:n]
+
+
+def calibrate_blocks(blocks: list[Block], model, feeds) -> None:
+    """Minitron's depth importance: 1 − cos(block input, block output) on calibration data,
+    at the residual Add each block writes into (how much the block changes the stream)."""
+    from .calibration import mean_cosines
+
+    pairs = []
+    for b in blocks:
+        add, tensor, _ = residual_path(b.outputs[0])
+        stream = next(x for x in add.inputs if x is not tensor)
+        pairs.append((stream.name, add.outputs[0].name))
+    for b, cos in zip(blocks, mean_cosines(model, feeds, pairs), strict=True):
+        b.score = 1.0 - cos
+        b.calibrated = True

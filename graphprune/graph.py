@@ -146,33 +146,43 @@ def import_graph(model: onnx.ModelProto, inferred: bool = False) -> gs.Graph:
 
 
 def fold_constant_nodes(graph: gs.Graph) -> None:
-    """Replace ``Constant`` nodes by graphsurgeon constants so rules see their values."""
+    """Replace ``Constant`` nodes, and ``Identity`` of a constant (how the TorchScript
+    exporter shares deduplicated initializers), by graphsurgeon constants so rules see
+    their values. Constants are per use in the analysis, so sharing one costs nothing."""
     for node in list(graph.nodes):
-        if node.op != "Constant" or len(node.outputs) != 1:
+        if len(node.outputs) != 1 or node.outputs[0] in graph.outputs:
             continue
-        value = node.attrs.get("value")
-        if isinstance(value, gs.Constant):
-            arr = value.values
-        elif "value_float" in node.attrs:
-            arr = np.array(node.attrs["value_float"], dtype=np.float32)
-        elif "value_int" in node.attrs:
-            arr = np.array(node.attrs["value_int"], dtype=np.int64)
-        elif "value_floats" in node.attrs:
-            arr = np.array(node.attrs["value_floats"], dtype=np.float32)
-        elif "value_ints" in node.attrs:
-            arr = np.array(node.attrs["value_ints"], dtype=np.int64)
+        if node.op == "Identity" and isinstance(node.inputs[0], gs.Constant):
+            const = node.inputs[0]
+        elif node.op == "Constant":
+            arr = _constant_value(node)
+            if arr is None:
+                continue
+            const = gs.Constant(node.outputs[0].name, arr)
         else:
             continue
         out = node.outputs[0]
-        if out in graph.outputs:
-            continue
-        const = gs.Constant(out.name, np.asarray(arr))
         for consumer in list(out.outputs):
             for i, t in enumerate(consumer.inputs):
                 if t is out:
                     consumer.inputs[i] = const
         node.outputs.clear()
     graph.cleanup(remove_unused_graph_inputs=False)
+
+
+def _constant_value(node: gs.Node) -> np.ndarray | None:
+    value = node.attrs.get("value")
+    if isinstance(value, gs.Constant):
+        return np.asarray(value.values)
+    for key, dtype in (
+        ("value_float", np.float32),
+        ("value_int", np.int64),
+        ("value_floats", np.float32),
+        ("value_ints", np.int64),
+    ):
+        if key in node.attrs:
+            return np.array(node.attrs[key], dtype=dtype)
+    return None
 
 
 def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> onnx.ModelProto:

@@ -20,7 +20,7 @@ from graphprune.passes.slice_constants import SliceConstants
 from .allocate import plan_for_target
 from .analysis.groups import Analysis, analyze
 from .calibration import capture
-from .depth import Block, choose_blocks, find_blocks
+from .depth import Block, calibrate_blocks, choose_blocks, find_blocks
 from .errors import UsageError
 from .graph import check_model, export_model, import_graph, infer_shapes, load_model
 from .importance import DATA_CRITERIA, calibration_targets, score_groups
@@ -122,7 +122,7 @@ def prune_model(
         )
     if plan is None:
         scores = score_groups(analysis, opts.criterion, opts.seed, acts)
-        drop = select_blocks(analysis, opts)
+        drop = select_blocks(analysis, opts, model)
         budget = _budget(opts)
         if budget is not None and (drop or opts.hidden):
             raise UsageError(
@@ -220,10 +220,12 @@ def _budget(opts: PruneOptions) -> tuple[str, float] | None:
     return None
 
 
-def select_blocks(analysis: Analysis, opts: PruneOptions) -> list[Block]:
+def select_blocks(analysis: Analysis, opts: PruneOptions, model=None) -> list[Block]:
     if not (opts.drop_layers or opts.drop_list):
         return []
     blocks = find_blocks(analysis)
+    if opts.calib and model is not None and blocks:
+        calibrate_blocks(blocks, model, opts.calib)
     bad = [i for i in opts.drop_list if not 0 <= i < len(blocks)]
     if bad:
         raise UsageError(

@@ -157,3 +157,33 @@ def test_rmsnorm_width_and_depth_on_llama(llama):
     assert gp.kind == "hidden" and gp.units - len(gp.remove) == 48
     dropped = prune_and_check(model, 0.0, drop_layers=2)
     assert sum(gp.drop for gp in dropped.plan.groups) == 2
+
+
+@pytest.mark.slow
+def test_calibrated_depth_drops_the_block_that_changes_the_stream_least(tmp_path):
+    """Minitron depth importance: 1 − cos(block input, block output) on calibration data. The
+    first MLP is planted near-identity (tiny down projection) but keeps large up weights,
+    so it is dropped first with calibration data."""
+    import numpy as np
+    import onnx
+
+    from graphprune.depth import calibrate_blocks, find_blocks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(Block(), Block()).eval()
+    with torch.no_grad():
+        model[0].f2.weight.mul_(1e-3)
+        model[0].f2.bias.mul_(1e-3)
+        model[0].f1.weight.mul_(5.0)
+    x = torch.randn(2, 8, 32)
+    path = export_torch(model, (x,), tmp_path / "m.onnx", exporter="torchscript")
+    m = onnx.load(path)
+    feeds = [
+        {"input": np.random.default_rng(k).standard_normal((2, 8, 32)).astype(np.float32)}
+        for k in range(3)
+    ]
+    blocks = find_blocks(analyze_model(m))
+    calibrate_blocks(blocks, m, feeds)
+    assert min(blocks, key=lambda b: b.score).index == 1  # the planted MLP
+    result = prune_and_check(m, 0.0, drop_layers=1, calib=feeds)
+    assert [gp.key for gp in result.plan.groups if gp.drop] == [blocks[1].group.key]
