@@ -114,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
         "(FLAP); lsq: least-squares refit of the consumers' kept weights and bias. Both "
         "need --calib; parity is then approximate",
     )
+    r.add_argument("--damping", type=float, default=0.01, metavar="D",
+                   help="ridge for lsq and obs, relative to the mean diagonal (default 0.01)")
     r.add_argument(
         "--target-macs",
         type=float,
@@ -251,6 +253,7 @@ def cmd_prune(args) -> int:
         parity_feeds=feeds,
         calib=calib,
         reconstruct=args.reconstruct,
+        damping=args.damping,
         target_macs=args.target_macs,
         target_params=args.target_params,
         global_rank=args.global_rank,

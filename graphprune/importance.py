@@ -15,12 +15,14 @@ from .analysis.context import Contraction
 from .analysis.groups import Analysis, Group
 from .calibration import Activations
 from .errors import UsageError
+from .knockout import MAX_UNITS, knockout_scores
 
 log = logging.getLogger(__name__)
 
 #: weight-only criteria, then those that need calibration statistics
-CRITERIA = ("l1", "l2", "random", "activation", "wanda", "flap")
-DATA_CRITERIA = ("activation", "wanda", "flap")
+CRITERIA = ("l1", "l2", "random", "activation", "wanda", "flap", "knockout", "obs")
+DATA_CRITERIA = ("activation", "wanda", "flap", "knockout")  # obs also runs without data
+DAMPING = 0.01
 
 
 def unit_index(group: Group, labels: np.ndarray) -> np.ndarray:
@@ -74,7 +76,8 @@ def activation_scores(
 ) -> list[np.ndarray]:
     """Per contraction point, a score per unit (mean-normalised):
     ``activation`` (Minitron): mean |X_j|; ``wanda``: Σ|W_ij| · ‖X_j‖₂;
-    ``flap``: Var(X_j) · ‖W_:j‖₂² — X_j the activation entering the consumer's column j."""
+    ``flap``: Var(X_j) · ‖W_:j‖₂²; ``knockout`` (local): E[X_j²] · ‖W_:j‖₂², the change
+    removing j causes at the consumer's output — X_j the activation entering column j."""
     parts = []
     for c in contraction_points(group, analysis):
         st = acts.get(c.act.tensor, c.act.axis)
@@ -85,11 +88,46 @@ def activation_scores(
             per_index = st.mean_abs
         elif criterion == "wanda":
             per_index = slice_norms(np.asarray(w.values), c.axis, 1) * np.sqrt(st.squares)
-        else:  # flap
+        elif criterion == "flap":
             per_index = slice_norms(np.asarray(w.values), c.axis, 2) ** 2 * st.variance
+        else:  # knockout, measured at the consumer
+            per_index = slice_norms(np.asarray(w.values), c.axis, 2) ** 2 * st.mean_square
         units = unit_index(group, analysis.labels[c.dim.base : c.dim.base + c.dim.size])
         keep = units >= 0
         score = np.bincount(units[keep], weights=per_index[keep], minlength=group.units)
+        mean = score.mean()
+        parts.append(score / mean if mean > 0 else score)
+    return parts
+
+
+def obs_scores(
+    group: Group, analysis: Analysis, acts: Activations | None, damping: float = DAMPING
+) -> list[np.ndarray]:
+    """Structured OBS: removing unit U (indices U of a consumer's input) costs
+    ``tr(W_Uᵀ ([H⁻¹]_UU)⁻¹ W_U)`` with H = E[x xᵀ] of that input (damped); data-free, H = I
+    and this is the squared L2 norm."""
+    parts = []
+    dims = {d.id for d in group.dims}
+    for c in analysis.contractions:
+        w = c.node.inputs[c.slot]
+        if c.dim.id not in dims or not isinstance(w, gs.Constant):
+            continue
+        st = acts.get(c.act.tensor, c.act.axis) if acts is not None and c.act else None
+        rows = np.moveaxis(np.asarray(w.values, dtype=np.float64), c.axis, 0)
+        rows = rows.reshape(rows.shape[0], -1)
+        units = unit_index(group, analysis.labels[c.dim.base : c.dim.base + c.dim.size])
+        if st is None or st.gram is None:
+            h_inv = np.eye(len(rows))
+        else:
+            h = st.gram / st.count
+            h_inv = np.linalg.inv(h + damping * max(np.mean(np.diag(h)), 1e-12) * np.eye(len(h)))
+        score = np.zeros(group.units)
+        for u in range(group.units):
+            idx = np.flatnonzero(units == u)
+            if len(idx) == 0:
+                continue
+            w_u = rows[idx]
+            score[u] = float(np.sum(w_u * np.linalg.solve(h_inv[np.ix_(idx, idx)], w_u)))
         mean = score.mean()
         parts.append(score / mean if mean > 0 else score)
     return parts
@@ -101,11 +139,21 @@ def score_group(
     criterion: str,
     rng: np.random.Generator,
     acts: Activations | None = None,
+    knockout: tuple | None = None,
+    damping: float = DAMPING,
 ) -> np.ndarray:
+    """``knockout`` = (calibration feeds, the original model's outputs on them); ``damping``
+    is OBS's ridge on H, relative to its mean diagonal."""
     if criterion == "random":
         return rng.random(group.units)
     if criterion not in CRITERIA:
         raise UsageError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
+    if criterion == "obs":
+        parts = obs_scores(group, analysis, acts, damping)
+        if parts:
+            return np.sum(parts, axis=0)
+    if criterion == "knockout" and knockout is not None and group.units <= MAX_UNITS:
+        return knockout_scores(group, analysis, *knockout)
     if criterion in DATA_CRITERIA:
         if acts is None:
             raise UsageError(f"--criterion {criterion} needs calibration data (--calib)")
@@ -118,8 +166,13 @@ def score_group(
 
 
 def score_groups(
-    analysis: Analysis, criterion: str = "l2", seed: int = 0, acts: Activations | None = None
+    analysis: Analysis,
+    criterion: str = "l2",
+    seed: int = 0,
+    acts: Activations | None = None,
+    knockout: tuple | None = None,
+    damping: float = DAMPING,
 ) -> dict[int, np.ndarray]:
     rng = np.random.default_rng(seed)
     groups = [g for g in analysis.groups if not g.frozen or g.width_only]
-    return {g.id: score_group(g, analysis, criterion, rng, acts) for g in groups}
+    return {g.id: score_group(g, analysis, criterion, rng, acts, knockout, damping) for g in groups}

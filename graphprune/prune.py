@@ -24,6 +24,7 @@ from .depth import Block, calibrate_blocks, choose_blocks, find_blocks
 from .errors import UsageError
 from .graph import check_model, export_model, import_graph, infer_shapes, load_model
 from .importance import DATA_CRITERIA, calibration_targets, score_groups
+from .knockout import model_outputs
 from .metrics import summarize
 from .plan import Plan, make_plan, removed_labels
 from .validate import ParityResult, compare, session
@@ -50,7 +51,7 @@ class PruneOptions:
     parity_feeds: list = field(default_factory=list)
     calib: list = field(default_factory=list)  # feed dicts for data-driven criteria
     reconstruct: str = "none"  # "bias" (FLAP) or "lsq" (least squares); needs calib
-    damping: float = 0.01  # lsq: ridge added to Σ_KK, relative to its mean diagonal
+    damping: float = 0.01  # lsq / obs: ridge on Σ_KK / H, relative to its mean diagonal
     target_macs: float | None = None  # keep this fraction of the MACs (within 2%)
     target_params: float | None = None  # keep this fraction of the parameters
     global_rank: bool = False  # one threshold over all units' group-normalised scores
@@ -117,11 +118,15 @@ def prune_model(
                 else f"--reconstruct {opts.reconstruct}"
             )
             raise UsageError(f"{what} needs calibration data (--calib)")
-        acts = capture(
-            model, opts.calib, calibration_targets(analysis), gram=opts.reconstruct == "lsq"
-        )
+        gram = opts.reconstruct == "lsq" or opts.criterion == "obs"
+        acts = capture(model, opts.calib, calibration_targets(analysis), gram=gram)
+    elif plan is None and opts.criterion == "obs" and opts.calib:
+        acts = capture(model, opts.calib, calibration_targets(analysis), gram=True)
     if plan is None:
-        scores = score_groups(analysis, opts.criterion, opts.seed, acts)
+        knockout = None
+        if opts.criterion == "knockout":
+            knockout = (opts.calib, model_outputs(model, opts.calib))
+        scores = score_groups(analysis, opts.criterion, opts.seed, acts, knockout, opts.damping)
         drop = select_blocks(analysis, opts, model)
         budget = _budget(opts)
         if budget is not None and (drop or opts.hidden):
