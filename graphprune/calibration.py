@@ -98,6 +98,15 @@ class Activations:
         return self.stats.get((name, axis))
 
 
+#: called as ``progress(done, total)`` after every calibration batch (the CLI draws a bar)
+PROGRESS: list = []
+
+
+def _report(done: int, total: int) -> None:
+    for callback in PROGRESS:
+        callback(done, total)
+
+
 def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = False) -> Activations:
     """Run ``model`` on every feed (ORT, optimisations off so intermediates exist) and stream
     per-channel statistics of each ``(tensor name, axis)`` in ``targets`` (with ``gram``,
@@ -122,6 +131,7 @@ def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = Fal
             out.stats.setdefault((name, axis), ChannelStats()).add(values[name], axis, gram)
         out.samples += len(next(iter(feed.values())))
         log.info("calibration: batch %d/%d", k + 1, len(feeds))
+        _report(k + 1, len(feeds))
     return out
 
 

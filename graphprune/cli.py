@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import calibration
 from .calibration import calibration_feeds
 from .errors import GraphpruneError, ParityError, UsageError
 from .evaluate import accuracy, load_npz, output_deviation
@@ -114,8 +115,13 @@ def _parser() -> argparse.ArgumentParser:
         "(FLAP); lsq: least-squares refit of the consumers' kept weights and bias. Both "
         "need --calib; parity is then approximate",
     )
-    r.add_argument("--damping", type=float, default=0.01, metavar="D",
-                   help="ridge for lsq and obs, relative to the mean diagonal (default 0.01)")
+    r.add_argument(
+        "--damping",
+        type=float,
+        default=0.01,
+        metavar="D",
+        help="ridge for lsq and obs, relative to the mean diagonal (default 0.01)",
+    )
     r.add_argument(
         "--target-macs",
         type=float,
@@ -206,6 +212,18 @@ def cmd_calib_from_text(args) -> int:
     return 0
 
 
+def _progress_bar(done: int, total: int) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    print(
+        f"\rcalibration [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 def cmd_prune(args) -> int:
     if _same_file(args.model, args.output):
         raise UsageError("output path is the input model; refusing to overwrite it")
@@ -234,6 +252,8 @@ def cmd_prune(args) -> int:
     plan = Plan.load(args.plan) if args.plan else None
     feeds = []
     calib = []
+    if sys.stderr.isatty() and _progress_bar not in calibration.PROGRESS:
+        calibration.PROGRESS.append(_progress_bar)
     if args.calib:
         calib = calibration_feeds(args.calib, model)
         feeds = calib[:4]
