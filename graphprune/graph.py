@@ -247,6 +247,9 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> int:
             onnx.save_model(model, tmp, save_as_external_data=True, location=data_name)
         else:
             onnx.save_model(model, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a user expects
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp):

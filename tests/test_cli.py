@@ -211,3 +211,14 @@ def test_calibrated_pruning_keeps_digits_accuracy(tmp_path):
     assert r["parity"]["mask_check"] == "exact" and r["parity"]["status"] == "approximate"
     assert r["macs"]["after"] < 0.55 * r["macs"]["before"]
     assert r["accuracy"]["after"] >= 0.95
+
+
+def test_output_file_gets_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    out = tmp_path / "x.onnx"
+    assert main(["prune", str(DIGITS), "-o", str(out), "--no-parity"]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
