@@ -15,7 +15,7 @@ import onnx_graphsurgeon as gs
 from .analysis.context import tensor_shape
 from .analysis.groups import Analysis
 from .errors import PlanError, UsageError
-from .plan import GroupPlan, Plan, make_plan, n_remove, removed_labels
+from .plan import GroupPlan, Plan, make_plan, removed_labels
 
 TOLERANCE = 0.02
 
@@ -90,17 +90,18 @@ def global_plan(
     round_to: int,
     min_keep: int,
     criterion: str,
-    kinds=None,
 ) -> Plan:
-    """Remove every unit whose group-normalised score is below ``threshold``."""
+    """Remove the units whose group-normalised score is below ``threshold``; each group
+    keeps at least ``min_keep`` units and, when it is that large, a multiple of
+    ``round_to`` (rounded up, so nothing above the threshold goes)."""
     plan = Plan(criterion=criterion, ratio=0.0)
     for g in analysis.prunable:
-        if kinds is not None and g.kind not in kinds:
-            continue
         s = scores[g.id]
         norm = s / s.mean() if s.mean() > 0 else s
-        k = int(np.sum(norm < threshold))
-        k = min(k, n_remove(g.units, (k - 1e-9) / g.units if k else 0, round_to, min_keep))
+        keep = g.units - int(np.sum(norm < threshold))
+        if round_to > 1 and g.units >= round_to:
+            keep = min(g.units, -(-keep // round_to) * round_to)
+        k = g.units - max(keep, min_keep, 1)
         if k > 0:
             order = np.argsort(norm, kind="stable")[:k]
             plan.groups.append(GroupPlan(g.key, g.kind, g.units, sorted(int(u) for u in order)))

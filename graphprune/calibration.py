@@ -98,6 +98,16 @@ class Activations:
         return self.stats.get((name, axis))
 
 
+def _probe_session(model: onnx.ModelProto, names: list[str]):
+    """An ORT session (optimisations off) on a copy of ``model`` that also outputs the
+    intermediate tensors ``names``."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    return session(probe)
+
+
 #: called as ``progress(done, total)`` after every calibration batch (the CLI draws a bar)
 PROGRESS: list = []
 
@@ -114,13 +124,7 @@ def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = Fal
     every target."""
     targets = sorted(set(targets))
     names = sorted({n for n, _ in targets})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in present:
-            probe.graph.output.append(onnx.ValueInfoProto(name=name))
-    sess = session(probe)
+    sess = _probe_session(model, names)
     out = Activations()
     for k, feed in enumerate(feeds):
         try:
@@ -139,11 +143,7 @@ def mean_cosines(model: onnx.ModelProto, feeds: list[dict], pairs) -> list[float
     """For each ``(tensor a, tensor b)`` in ``pairs`` (same shape, features on the last
     axis), the mean over positions and samples of cos(a, b)."""
     names = sorted({n for pair in pairs for n in pair})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
-    sess = session(probe)
+    sess = _probe_session(model, names)
     sums, counts = np.zeros(len(pairs)), np.zeros(len(pairs))
     for feed in feeds:
         values = dict(zip(names, sess.run(names, feed), strict=True))

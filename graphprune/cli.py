@@ -16,7 +16,7 @@ from pathlib import Path
 from . import calibration
 from .calibration import calibration_feeds
 from .errors import GraphpruneError, ParityError, UsageError
-from .evaluate import accuracy, load_npz, output_deviation
+from .evaluate import accuracy, load_npz, output_deviation, run_outputs
 from .graph import load_model, save_model_atomic
 from .importance import CRITERIA
 from .plan import Plan
@@ -280,17 +280,16 @@ def cmd_prune(args) -> int:
     )
     result = prune_model(args.model, opts, plan=plan)
     extra = {}
-    if args.eval:
+    if args.eval:  # each model runs once on the held-out data
         data, labels = load_npz(args.eval, model)
-        extra["eval"] = {"data": args.eval, **output_deviation(model, result.model, data)}
+        before_out, after_out = run_outputs(model, data), run_outputs(result.model, data)
+        extra["eval"] = {"data": args.eval, **output_deviation(before_out, after_out)}
         if labels is not None:
-            acc_before, n = accuracy(model, data, labels)
-            acc_after, _ = accuracy(result.model, data, labels)
             extra["accuracy"] = {
                 "data": args.eval,
-                "samples": n,
-                "before": acc_before,
-                "after": acc_after,
+                "samples": len(before_out),
+                "before": accuracy(before_out, labels),
+                "after": accuracy(after_out, labels),
             }
     failed = result.parity.status == "failed"
     out = "" if failed else args.output

@@ -26,7 +26,6 @@ class Block:
     group: Group
     score: float  # weight-based: norm of what it writes to the residual; or 1 − cos (calib)
     outputs: list  # contraction nodes whose outputs become zeros when dropped
-    calibrated: bool = False
 
 
 def residual_path(node: gs.Node):
@@ -108,4 +107,3 @@ def calibrate_blocks(blocks: list[Block], model, feeds) -> None:
         pairs.append((stream.name, add.outputs[0].name))
     for b, cos in zip(blocks, mean_cosines(model, feeds, pairs), strict=True):
         b.score = 1.0 - cos
-        b.calibrated = True

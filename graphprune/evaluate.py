@@ -72,18 +72,16 @@ def run_outputs(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> np.ndar
     return np.concatenate([sess.run(None, chunk)[0] for chunk in model_batches(model, feeds)])
 
 
-def accuracy(model: onnx.ModelProto, feeds, labels) -> tuple[float, int]:
-    """(accuracy, samples scored) of argmax of the first output against ``labels``."""
-    out = run_outputs(model, feeds)
-    pred = out.argmax(-1) if out.ndim > 1 else out
-    return float(np.mean(pred == labels[: len(pred)])), len(pred)
+def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of argmax of a model's first output (from ``run_outputs``) on ``labels``."""
+    pred = outputs.argmax(-1) if outputs.ndim > 1 else outputs
+    return float(np.mean(pred == labels[: len(pred)]))
 
 
-def output_deviation(original: onnx.ModelProto, pruned: onnx.ModelProto, feeds) -> dict:
-    """How far the pruned model's first output moved on held-out data: mean cosine
-    similarity per sample (outputs flattened), max and mean absolute difference."""
-    a = run_outputs(original, feeds).astype(np.float64)
-    b = run_outputs(pruned, feeds).astype(np.float64)
+def output_deviation(original: np.ndarray, pruned: np.ndarray) -> dict:
+    """How far the pruned model's first output moved on held-out data (both from
+    ``run_outputs``): mean cosine per sample (outputs flattened), max and mean abs diff."""
+    a, b = original.astype(np.float64), pruned.astype(np.float64)
     a2, b2 = a.reshape(len(a), -1), b.reshape(len(b), -1)
     norms = np.linalg.norm(a2, axis=1) * np.linalg.norm(b2, axis=1)
     cosine = np.sum(a2 * b2, axis=1) / np.maximum(norms, 1e-12)

@@ -35,10 +35,6 @@ class Plan:
     gqa: str = "kv"  # the analysis' GQA unit, so a replay finds the same groups
     version: int = PLAN_VERSION
 
-    @property
-    def removed_units(self) -> int:
-        return sum(len(g.remove) for g in self.groups)
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=1)
 

@@ -106,60 +106,12 @@ def prune_model(
         raise UsageError(f"--gqa must be 'kv' or 'query', got {gqa!r}")
     analysis = analyze(graph, opset, tuple(opts.exclude), gqa)
     t["analyze"] = time.perf_counter()
-    needs_data = (plan is None and opts.criterion in DATA_CRITERIA) or opts.reconstruct != "none"
     if opts.reconstruct not in RECONSTRUCTIONS:
         raise UsageError(f"--reconstruct must be one of {', '.join(RECONSTRUCTIONS)}")
-    acts = None
-    if needs_data:
-        if not opts.calib:
-            what = (
-                f"--criterion {opts.criterion}"
-                if plan is None and opts.criterion in DATA_CRITERIA
-                else f"--reconstruct {opts.reconstruct}"
-            )
-            raise UsageError(f"{what} needs calibration data (--calib)")
-        gram = opts.reconstruct == "lsq" or opts.criterion == "obs"
-        acts = capture(model, opts.calib, calibration_targets(analysis), gram=gram)
-    elif plan is None and opts.criterion == "obs" and opts.calib:
-        acts = capture(model, opts.calib, calibration_targets(analysis), gram=True)
+    acts = _activations(model, analysis, opts, scoring=plan is None)
     if plan is None:
-        knockout = None
-        if opts.criterion == "knockout":
-            knockout = (opts.calib, model_outputs(model, opts.calib))
-        scores = score_groups(analysis, opts.criterion, opts.seed, acts, knockout, opts.damping)
-        drop = select_blocks(analysis, opts, model)
-        budget = _budget(opts)
-        if budget is not None and (drop or opts.hidden):
-            raise UsageError(
-                "a MACs/params target or --global cannot be combined with "
-                "--hidden or --drop-layers yet"
-            )
-    if plan is None and budget is not None:
-        plan = plan_for_target(
-            analysis,
-            scores,
-            *budget,
-            global_rank=opts.global_rank,
-            ratio=opts.ratio,
-            ratios=opts.ratios,
-            round_to=opts.round_to,
-            min_keep=opts.min_keep,
-            criterion=opts.criterion,
-        )
-        plan.gqa = gqa
-    if plan is None:
-        plan = make_plan(
-            analysis,
-            scores,
-            opts.ratio,
-            opts.round_to,
-            opts.min_keep,
-            opts.criterion,
-            opts.ratios,
-            opts.hidden,
-            [b.group for b in drop],
-        )
-        plan.gqa = gqa
+        plan = _new_plan(model, analysis, opts, acts)
+    plan.gqa = gqa
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
     reference = masked_reference(removal) if opts.parity else None
@@ -210,6 +162,60 @@ def prune_model(
     keys = list(t)
     timings = {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)}
     return PruneResult(pruned, plan, analysis, parity, before, after, timings)
+
+
+def _activations(model, analysis: Analysis, opts: PruneOptions, scoring: bool):
+    """Calibration statistics, captured once, when the criterion (if a plan is being made)
+    or the reconstruction needs them; obs uses them when given, else runs data-free."""
+    required = (scoring and opts.criterion in DATA_CRITERIA) or opts.reconstruct != "none"
+    if required and not opts.calib:
+        what = (
+            f"--criterion {opts.criterion}"
+            if scoring and opts.criterion in DATA_CRITERIA
+            else f"--reconstruct {opts.reconstruct}"
+        )
+        raise UsageError(f"{what} needs calibration data (--calib)")
+    wanted = required or (scoring and opts.criterion == "obs" and bool(opts.calib))
+    if not wanted:
+        return None
+    gram = opts.reconstruct == "lsq" or opts.criterion == "obs"
+    return capture(model, opts.calib, calibration_targets(analysis), gram=gram)
+
+
+def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts) -> Plan:
+    knockout = None
+    if opts.criterion == "knockout":
+        knockout = (opts.calib, model_outputs(model, opts.calib))
+    scores = score_groups(analysis, opts.criterion, opts.seed, acts, knockout, opts.damping)
+    drop = select_blocks(analysis, opts, model)
+    budget = _budget(opts)
+    if budget is None:
+        return make_plan(
+            analysis,
+            scores,
+            opts.ratio,
+            opts.round_to,
+            opts.min_keep,
+            opts.criterion,
+            opts.ratios,
+            opts.hidden,
+            [b.group for b in drop],
+        )
+    if drop or opts.hidden:
+        raise UsageError(
+            "a MACs/params target or --global cannot be combined with --hidden or --drop-layers yet"
+        )
+    return plan_for_target(
+        analysis,
+        scores,
+        *budget,
+        global_rank=opts.global_rank,
+        ratio=opts.ratio,
+        ratios=opts.ratios,
+        round_to=opts.round_to,
+        min_keep=opts.min_keep,
+        criterion=opts.criterion,
+    )
 
 
 def _budget(opts: PruneOptions) -> tuple[str, float] | None:

@@ -17,6 +17,13 @@ DIGITS = ROOT / "models" / "digits" / "digits_cnn.onnx"
 DIGITS_TEST = ROOT / "models" / "digits" / "digits_test.npz"
 
 
+def prune_digits(tmp_path, *args):
+    """Run ``graphprune prune`` on the digits CNN; return (exit code, JSON report)."""
+    rep = tmp_path / "r.json"
+    code = main(["prune", str(DIGITS), "-o", str(tmp_path / "x.onnx"), "--json", str(rep), *args])
+    return code, json.loads(rep.read_text())
+
+
 def test_analyze_lists_groups_and_reasons(capsys):
     assert main(["analyze", str(DIGITS)]) == 0
     out = capsys.readouterr().out
@@ -150,25 +157,10 @@ def test_parity_failure_exits_6_and_writes_nothing(tmp_path, monkeypatch, capsys
 
 
 def test_calibration_inputs_join_the_parity_check(tmp_path):
-    rep = tmp_path / "r.json"
     calib = ROOT / "models" / "digits" / "digits_calib.npz"
-    assert (
-        main(
-            [
-                "prune",
-                str(DIGITS),
-                "-o",
-                str(tmp_path / "x.onnx"),
-                "--calib",
-                str(calib),
-                "--json",
-                str(rep),
-            ]
-        )
-        == 0
-    )
-    parity = json.loads(rep.read_text())["parity"]
-    assert parity["status"] == "exact" and parity["inputs"] > 3
+    code, r = prune_digits(tmp_path, "--calib", str(calib))
+    assert code == 0
+    assert r["parity"]["status"] == "exact" and r["parity"]["inputs"] > 3
 
 
 def test_unwritable_output_is_one_line(tmp_path, capsys):
@@ -182,32 +174,21 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
 def test_calibrated_pruning_keeps_digits_accuracy(tmp_path):
     """flap + least-squares reconstruction at ratio 0.3 (about half the MACs) keeps the
     digits CNN accurate; L2 magnitude alone does not (0.46 measured)."""
-    rep = tmp_path / "r.json"
     calib = ROOT / "models" / "digits" / "digits_calib.npz"
-    assert (
-        main(
-            [
-                "prune",
-                str(DIGITS),
-                "-o",
-                str(tmp_path / "x.onnx"),
-                "--ratio",
-                "0.3",
-                "--criterion",
-                "flap",
-                "--reconstruct",
-                "lsq",
-                "--calib",
-                str(calib),
-                "--eval",
-                str(DIGITS_TEST),
-                "--json",
-                str(rep),
-            ]
-        )
-        == 0
+    code, r = prune_digits(
+        tmp_path,
+        "--ratio",
+        "0.3",
+        "--criterion",
+        "flap",
+        "--reconstruct",
+        "lsq",
+        "--calib",
+        str(calib),
+        "--eval",
+        str(DIGITS_TEST),
     )
-    r = json.loads(rep.read_text())
+    assert code == 0
     assert r["parity"]["mask_check"] == "exact" and r["parity"]["status"] == "approximate"
     assert r["macs"]["after"] < 0.55 * r["macs"]["before"]
     assert r["accuracy"]["after"] >= 0.95

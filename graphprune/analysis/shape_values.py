@@ -213,12 +213,10 @@ def entry_sources(t: gs.Tensor, _depth: int = 0) -> list | None:
         if idx is None or int(node.attrs.get("axis", 0)) != 0:
             return None
         return [src[int(i)] for i in np.atleast_1d(idx)]
-    if node.op == "Slice":
-        v = static_value(t)
-        data = static_value(node.inputs[0])
-        if v is None or data is None:
-            return None
+    if node.op == "Slice":  # a 1-D shape vector: only axis 0
         starts, ends = static_value(node.inputs[1]), static_value(node.inputs[2])
+        if starts is None or ends is None:
+            return None
         steps = static_value(node.inputs[4]) if len(node.inputs) > 4 else None
         step = 1 if steps is None else int(np.ravel(steps)[0])
         return src[slice(int(np.ravel(starts)[0]), int(np.ravel(ends)[0]), step)]
