@@ -90,12 +90,16 @@ def global_plan(
     round_to: int,
     min_keep: int,
     criterion: str,
+    skip: frozenset = frozenset(),
 ) -> Plan:
     """Remove the units whose group-normalised score is below ``threshold``; each group
     keeps at least ``min_keep`` units and, when it is that large, a multiple of
-    ``round_to`` (rounded up, so nothing above the threshold goes)."""
+    ``round_to`` (rounded up, so nothing above the threshold goes). Groups whose key is in
+    ``skip`` are left out."""
     plan = Plan(criterion=criterion, ratio=0.0)
     for g in analysis.prunable:
+        if g.key in skip:
+            continue
         s = scores[g.id]
         norm = s / s.mean() if s.mean() > 0 else s
         keep = g.units - int(np.sum(norm < threshold))
@@ -120,11 +124,14 @@ def plan_for_target(
     round_to: int = 1,
     min_keep: int = 1,
     criterion: str = "l2",
+    hidden: float = 0.0,
+    drop: list | None = None,
 ) -> Plan:
     """Bisect a scale until the plan keeps ``target`` of the ``what`` ("macs", "params" or
     "units") within 2%. Uniformly, the scale multiplies ``ratio`` and every per-kind ratio
     (so their proportions hold); with ``global_rank`` it is one threshold over every unit's
-    group-normalised score."""
+    group-normalised score. The ``hidden`` width and the dropped blocks ``drop`` are fixed
+    parts of every candidate plan: the budget is met by the other groups around them."""
     if not 0.0 < target <= 1.0:
         raise UsageError(f"the {what} target must be in (0, 1], got {target}")
     model = CostModel(analysis)
@@ -133,14 +140,17 @@ def plan_for_target(
         raise PlanError(f"the model has no {what} that pruning can reduce")
     ratios = dict(ratios or {})
     top = max([ratio, *ratios.values(), 1e-9])
+    fixed = make_plan(analysis, scores, 0.0, round_to, min_keep, criterion, {}, hidden, drop)
+    skip = frozenset(gp.key for gp in fixed.groups)
 
     def make(x: float) -> Plan:
         if global_rank:
-            return global_plan(analysis, scores, x, round_to, min_keep, criterion)
+            plan = global_plan(analysis, scores, x, round_to, min_keep, criterion, skip)
+            plan.groups = fixed.groups + plan.groups
+            return plan
         scaled = {k: min(v * x, 0.999) for k, v in ratios.items()}
-        return make_plan(
-            analysis, scores, min(ratio * x, 0.999), round_to, min_keep, criterion, scaled
-        )
+        r = min(ratio * x, 0.999)
+        return make_plan(analysis, scores, r, round_to, min_keep, criterion, scaled, hidden, drop)
 
     lo, hi = 0.0, (10.0 if global_rank else 1.0 / top)
     best, best_err = make(lo), abs(1.0 - target)
@@ -159,7 +169,7 @@ def plan_for_target(
             hi = mid
     if best_err > TOLERANCE * target:  # too coarse: step one unit at a time from above
         goal, floor = target * (1 + TOLERANCE) * full, target * (1 - TOLERANCE) * full
-        best = _refine(analysis, model, scores, above, what, goal, floor, min_keep)
+        best = _refine(analysis, model, scores, above, what, goal, floor, min_keep, skip)
         best_err = abs(model.cost(best, what) / full - target)
     if best_err > TOLERANCE * target:
         reached = model.cost(best, what) / full
@@ -179,16 +189,21 @@ def _refine(
     goal: float,
     floor: float,
     min_keep: int,
+    skip: frozenset = frozenset(),
 ) -> Plan:
     """Step one unit at a time from a plan above ``goal`` towards it: remove the
     lowest-scored (group-normalised) unit whose removal does not fall below ``floor``;
-    stop when at most ``goal``, when no unit fits, or after 256 steps."""
-    removed = {gp.key: set(gp.remove) for gp in plan.groups}
-    by_key = {g.key: g for g in analysis.prunable}
-    normalised = {g.id: scores[g.id] / max(scores[g.id].mean(), 1e-12) for g in analysis.prunable}
+    stop when at most ``goal``, when no unit fits, or after 256 steps. The groups in
+    ``skip`` (hidden width, dropped blocks) stay as ``plan`` has them."""
+    fixed = [gp for gp in plan.groups if gp.key in skip]
+    removed = {gp.key: set(gp.remove) for gp in plan.groups if gp.key not in skip}
+    prunable = [g for g in analysis.prunable if g.key not in skip]
+    by_key = {g.key: g for g in prunable}
+    normalised = {g.id: scores[g.id] / max(scores[g.id].mean(), 1e-12) for g in prunable}
 
     def build() -> Plan:
         out = Plan(criterion=plan.criterion, ratio=plan.ratio, ratios=plan.ratios)
+        out.groups.extend(fixed)
         for key, units in removed.items():
             if units:
                 g = by_key[key]
@@ -200,7 +215,7 @@ def _refine(
         if model.cost(current, what) <= goal:
             return current
         candidates = []  # the next unit of every group, by score
-        for g in analysis.prunable:
+        for g in prunable:
             taken = removed.setdefault(g.key, set())
             if g.units - len(taken) > max(min_keep, 1):
                 s = normalised[g.id]

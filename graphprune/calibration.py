@@ -139,6 +139,66 @@ def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = Fal
     return out
 
 
+@dataclass
+class JointStats:
+    """Streaming moments of one activation axis seen in two models on the same inputs:
+    ``x`` in the model being rebuilt, ``y`` in the original (same channel count)."""
+
+    count: int = 0
+    sum_x: np.ndarray | None = None
+    sum_y: np.ndarray | None = None
+    gram_xx: np.ndarray | None = None  # Σ x xᵀ
+    gram_xy: np.ndarray | None = None  # Σ x yᵀ
+
+    def add(self, x: np.ndarray, y: np.ndarray, axis: int) -> None:
+        x, y = (
+            np.moveaxis(np.asarray(v, np.float64), axis, 0).reshape(v.shape[axis], -1)
+            for v in (x, y)
+        )
+        parts = (x.sum(1), y.sum(1), x @ x.T, x @ y.T)
+        if self.sum_x is None:
+            self.sum_x, self.sum_y, self.gram_xx, self.gram_xy = parts
+        else:
+            for name, v in zip(("sum_x", "sum_y", "gram_xx", "gram_xy"), parts, strict=True):
+                getattr(self, name).__iadd__(v)
+        self.count += x.shape[1]
+
+    @property
+    def mean_x(self) -> np.ndarray:
+        return self.sum_x / self.count
+
+    @property
+    def mean_y(self) -> np.ndarray:
+        return self.sum_y / self.count
+
+    @property
+    def cov_xx(self) -> np.ndarray:
+        return self.gram_xx / self.count - np.outer(self.mean_x, self.mean_x)
+
+    @property
+    def cov_xy(self) -> np.ndarray:
+        return self.gram_xy / self.count - np.outer(self.mean_x, self.mean_y)
+
+
+def capture_joint(
+    current: onnx.ModelProto, original: onnx.ModelProto, feeds: list[dict], targets
+) -> dict[tuple[str, int], JointStats]:
+    """Run both models on every feed and stream, per ``(tensor name, axis)`` present in both,
+    the moments tying the current model's activation to the original's (``JointStats``)."""
+    targets = sorted(set(targets))
+    names = sorted({n for n, _ in targets})
+    sessions = (_probe_session(current, names), _probe_session(original, names))
+    out: dict[tuple[str, int], JointStats] = {}
+    for k, feed in enumerate(feeds):
+        try:
+            cur, orig = (dict(zip(names, s.run(names, feed), strict=True)) for s in sessions)
+        except Exception as e:
+            raise CalibrationError(f"calibration batch {k}: the model cannot run it ({e})") from e
+        for name, axis in targets:
+            out.setdefault((name, axis), JointStats()).add(cur[name], orig[name], axis)
+    return out
+
+
 def mean_cosines(model: onnx.ModelProto, feeds: list[dict], pairs) -> list[float]:
     """For each ``(tensor a, tensor b)`` in ``pairs`` (same shape, features on the last
     axis), the mean over positions and samples of cos(a, b)."""

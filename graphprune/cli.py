@@ -109,11 +109,12 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--gqa", choices=("kv", "query"), default="kv", help=GQA_HELP)
     r.add_argument(
         "--reconstruct",
-        choices=("none", "bias", "lsq"),
+        choices=("none", "bias", "lsq", "lsq-seq"),
         default="none",
         help="bias: fold the removed units' mean contribution into the consumers' biases "
-        "(FLAP); lsq: least-squares refit of the consumers' kept weights and bias. Both "
-        "need --calib; parity is then approximate",
+        "(FLAP); lsq: least-squares refit of the consumers' kept weights and bias; lsq-seq: "
+        "the same refit layer by layer, each layer fitted on the already pruned earlier "
+        "ones. All need --calib; parity is then approximate",
     )
     r.add_argument(
         "--damping",

@@ -13,6 +13,7 @@ import onnx
 from graphprune.passes.drop_blocks import DropBlocks
 from graphprune.passes.mask_units import masked_reference
 from graphprune.passes.reconstruct import Reconstruct, plan_updates
+from graphprune.passes.reconstruct_layerwise import layerwise_updates
 from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import Removal
 from graphprune.passes.slice_constants import SliceConstants
@@ -31,7 +32,7 @@ from .validate import ParityResult, compare, session
 
 log = logging.getLogger(__name__)
 
-RECONSTRUCTIONS = ("none", "bias", "lsq")
+RECONSTRUCTIONS = ("none", "bias", "lsq", "lsq-seq")
 
 
 @dataclass
@@ -115,11 +116,12 @@ def prune_model(
     t["plan"] = time.perf_counter()
     removal = Removal(analysis, removed_labels(plan, analysis))
     reference = masked_reference(removal) if opts.parity else None
-    updates = (
-        plan_updates(removal, acts, opts.reconstruct, opts.damping)
-        if opts.reconstruct != "none"
-        else []
-    )
+    if opts.reconstruct == "lsq-seq":
+        updates = layerwise_updates(removal, model, opts.calib, opts.damping)
+    elif opts.reconstruct != "none":
+        updates = plan_updates(removal, acts, opts.reconstruct, opts.damping)
+    else:
+        updates = []
     t["mask"] = time.perf_counter()
     for p in (RefoldCounts(), SliceConstants(), DropBlocks()):
         res = p.run(removal)
@@ -175,9 +177,11 @@ def _activations(model, analysis: Analysis, opts: PruneOptions, scoring: bool):
             else f"--reconstruct {opts.reconstruct}"
         )
         raise UsageError(f"{what} needs calibration data (--calib)")
-    wanted = required or (scoring and opts.criterion == "obs" and bool(opts.calib))
-    if not wanted:
-        return None
+    scoring_data = scoring and (
+        opts.criterion in DATA_CRITERIA or (opts.criterion == "obs" and bool(opts.calib))
+    )
+    if not (scoring_data or opts.reconstruct in ("bias", "lsq")):
+        return None  # lsq-seq captures its own statistics, wave by wave
     gram = opts.reconstruct == "lsq" or opts.criterion == "obs"
     return capture(model, opts.calib, calibration_targets(analysis), gram=gram)
 
@@ -201,10 +205,6 @@ def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts) -> Plan:
             opts.hidden,
             [b.group for b in drop],
         )
-    if drop or opts.hidden:
-        raise UsageError(
-            "a MACs/params target or --global cannot be combined with --hidden or --drop-layers yet"
-        )
     return plan_for_target(
         analysis,
         scores,
@@ -215,6 +215,8 @@ def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts) -> Plan:
         round_to=opts.round_to,
         min_keep=opts.min_keep,
         criterion=opts.criterion,
+        hidden=opts.hidden,
+        drop=[b.group for b in drop],
     )
 
 

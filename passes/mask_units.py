@@ -12,6 +12,12 @@ from .removal import Removal
 
 
 def masked_reference(removal: Removal) -> onnx.ModelProto:
+    copy, _ = masked_graph(removal)
+    return gs.export_onnx(copy, do_type_check=False)
+
+
+def masked_graph(removal: Removal) -> tuple[gs.Graph, dict[int, gs.Node]]:
+    """The masked copy of the graph, and ``id(original node) -> its copy``."""
     graph = removal.analysis.graph
     copy = graph.copy()
     node_map = {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
@@ -38,4 +44,4 @@ def masked_reference(removal: Removal) -> onnx.ModelProto:
             copy.nodes.append(gs.Node("Mul", inputs=[src, m_const], outputs=[out]))
             target.inputs[slot] = out
     copy.cleanup(remove_unused_graph_inputs=False).toposort()
-    return gs.export_onnx(copy, do_type_check=False)
+    return copy, node_map

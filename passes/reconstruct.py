@@ -51,46 +51,71 @@ def _output_axis(node: gs.Node) -> int:
     return 1 if node.op == "Conv" else -1
 
 
+def _eligible(c, removal: Removal) -> bool:
+    """A contraction that loses some (not all) inputs, through a constant weight we can refit."""
+    removed = removal.of_dim(c.dim)
+    w = c.node.inputs[c.slot]
+    return (
+        0 < len(removed) < c.dim.size
+        and c.act is not None
+        and _weight_output_axis(c.node) is not None
+        and isinstance(w, gs.Constant)
+        and not (c.node.op == "MatMul" and (c.slot != 1 or w.values.ndim != 2))
+    )
+
+
+def regression(sigma_kk, sigma_kx, mean_k, mean_x, kept, damping: float):
+    """``X ≈ Aᵀ X̃_K + c``: every original input channel regressed (affine, ridge) on the kept
+    channels the pruned model provides. The ridge pulls A toward "each kept channel stands
+    for itself", so where X̃ = X a kept channel maps exactly to itself (A = I on K) whatever
+    the damping, and only the removed channels are estimated."""
+    k, n = sigma_kx.shape
+    lam = damping * max(float(np.mean(np.diag(sigma_kk))), 1e-12)
+    prior = np.zeros((k, n))
+    prior[np.arange(k), kept] = 1.0
+    a = np.linalg.solve(sigma_kk + lam * np.eye(k), sigma_kx + lam * prior)
+    return a, mean_x - a.T @ mean_k
+
+
+def make_update(c, kept: np.ndarray, a: np.ndarray | None, shift: np.ndarray) -> Update:
+    """The consumer fed ``Aᵀ X̃_K + shift`` in place of X: its kept weight rows become
+    ``A W`` (``a is None``: unchanged) and ``shift · W`` joins its bias."""
+    w_out = _weight_output_axis(c.node)
+    moved = np.moveaxis(np.asarray(c.node.inputs[c.slot].values, dtype=np.float64), c.axis, 0)
+    flat = moved.reshape(len(moved), -1)
+    weight = None
+    if a is not None:
+        delta = (a @ flat - flat[kept]).reshape((len(kept), *moved.shape[1:]))
+        weight = np.moveaxis(delta, 0, c.axis)
+    rest = (shift @ flat).reshape(moved.shape[1:])  # over the weight's other axes
+    out_in_rest = w_out - (1 if c.axis < w_out else 0)
+    bias = rest.sum(axis=tuple(ax for ax in range(rest.ndim) if ax != out_in_rest))
+    if c.node.op == "Gemm":  # alpha scales W and so the weight delta alike; not the bias
+        bias = bias * float(c.node.attrs.get("alpha", 1.0))
+    return Update(c.node, c.slot, c.axis, bias, weight)
+
+
 def plan_updates(
     removal: Removal, acts: Activations, mode: str, damping: float = DAMPING
 ) -> list[Update]:
-    """One update per contraction that loses some (not all) inputs and has statistics."""
+    """One update per eligible contraction with statistics, all from the original model."""
     out = []
     for c in removal.analysis.contractions:
-        removed = removal.of_dim(c.dim)
-        w = c.node.inputs[c.slot]
-        w_out = _weight_output_axis(c.node)
-        if (
-            not len(removed)
-            or len(removed) == c.dim.size
-            or c.act is None
-            or w_out is None
-            or not isinstance(w, gs.Constant)
-            or (c.node.op == "MatMul" and (c.slot != 1 or w.values.ndim != 2))
-        ):
+        if not _eligible(c, removal):
             continue
         st = acts.get(c.act.tensor, c.act.axis)
         if st is None or (mode == "lsq" and st.gram is None):
             continue
-        moved = np.moveaxis(np.asarray(w.values, dtype=np.float64), c.axis, 0)
+        removed = removal.of_dim(c.dim)
         kept = np.setdiff1d(np.arange(c.dim.size), removed)
-        w_r = moved[removed].reshape(len(removed), -1)
-        shift = st.mean[removed]  # what stands in for X_R: its mean (bias) ...
-        weight = None
-        if mode == "lsq":  # ... or its regression on X_K
+        if mode == "lsq":
             cov = st.covariance
-            s_kk = cov[np.ix_(kept, kept)]
-            s_kk = s_kk + damping * max(np.mean(np.diag(s_kk)), 1e-12) * np.eye(len(kept))
-            a_t = np.linalg.solve(s_kk, cov[np.ix_(kept, removed)])  # Aᵀ: K x R
-            shift = st.mean[removed] - a_t.T @ st.mean[kept]
-            delta = (a_t @ w_r).reshape((len(kept), *moved.shape[1:]))
-            weight = np.moveaxis(delta, 0, c.axis)
-        rest = (shift @ w_r).reshape(moved.shape[1:])  # over the weight's other axes
-        out_in_rest = w_out - (1 if c.axis < w_out else 0)
-        bias = rest.sum(axis=tuple(a for a in range(rest.ndim) if a != out_in_rest))
-        if c.node.op == "Gemm":  # alpha scales W and so the weight delta alike; not the bias
-            bias = bias * float(c.node.attrs.get("alpha", 1.0))
-        out.append(Update(c.node, c.slot, c.axis, bias, weight))
+            a, shift = regression(
+                cov[kept][:, kept], cov[kept], st.mean[kept], st.mean, kept, damping
+            )
+        else:  # bias: a removed channel is replaced by its mean
+            a, shift = None, np.where(np.isin(np.arange(c.dim.size), removed), st.mean, 0.0)
+        out.append(make_update(c, kept, a, shift))
     return out
 
 

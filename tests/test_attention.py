@@ -187,3 +187,44 @@ def test_calibrated_depth_drops_the_block_that_changes_the_stream_least(tmp_path
     assert min(blocks, key=lambda b: b.score).index == 1  # the planted MLP
     result = prune_and_check(m, 0.0, drop_layers=1, calib=feeds)
     assert [gp.key for gp in result.plan.groups if gp.drop] == [blocks[1].group.key]
+
+
+@pytest.mark.parametrize("global_rank", [False, True])
+def test_target_composes_with_dropped_blocks(exported, global_rank):
+    """--drop-layers-list 0 with --target-macs 0.5: block 0 goes whole, and the other
+    groups are pruned around it until the file keeps half the MACs (within 2%)."""
+    import onnx
+
+    from graphprune.depth import find_blocks
+
+    model = onnx.load(exported("torchscript", True))
+    blocks = find_blocks(analyze_model(model))
+    result = prune_and_check(model, 0.0, drop_list=(0,), target_macs=0.5, global_rank=global_rank)
+    dropped = [gp.key for gp in result.plan.groups if gp.drop]
+    assert dropped == [blocks[0].group.key]
+    assert any(not gp.drop and gp.remove for gp in result.plan.groups)  # width pruned too
+    kept = result.after["macs"] / result.before["macs"]
+    assert abs(kept - 0.5) <= 0.01, kept
+
+
+@pytest.mark.parametrize("global_rank", [False, True])
+def test_target_composes_with_hidden_width(tmp_path, global_rank):
+    import onnx
+
+    from graphprune.prune import PruneOptions, prune_model
+    from pruning_checks import assert_structure, assert_valid
+
+    torch.manual_seed(0)
+    ids = torch.randint(0, 50, (2, 8))
+    path = export_torch(TinyLM().eval(), (ids,), tmp_path / "lm.onnx")
+    model = onnx.load(path)
+    opts = PruneOptions(hidden=0.25, target_params=0.6, global_rank=global_rank)
+    result = prune_model(model, opts)
+    assert_valid(result.model)
+    assert assert_structure(result) > 0
+    (width,) = [gp for gp in result.plan.groups if gp.approximate]
+    assert width.units - len(width.remove) == 24  # the hidden width is pruned as asked
+    assert any(gp.kind in ("head", "neuron") for gp in result.plan.groups)
+    kept = result.after["params"] / result.before["params"]
+    assert abs(kept - 0.6) <= 0.012, kept
+    assert result.parity.status == "approximate"

@@ -171,9 +171,11 @@ def test_unwritable_output_is_one_line(tmp_path, capsys):
     assert len(err) == 1 and "cannot write" in err[0]
 
 
-def test_calibrated_pruning_keeps_digits_accuracy(tmp_path):
+@pytest.mark.parametrize("reconstruct, floor", [("lsq", 0.95), ("lsq-seq", 0.98)])
+def test_calibrated_pruning_keeps_digits_accuracy(tmp_path, reconstruct, floor):
     """flap + least-squares reconstruction at ratio 0.3 (about half the MACs) keeps the
-    digits CNN accurate; L2 magnitude alone does not (0.46 measured)."""
+    digits CNN accurate (lsq 0.973, lsq-seq 0.987 measured, 0.991 before); L2 magnitude
+    alone does not (0.46 measured)."""
     calib = ROOT / "models" / "digits" / "digits_calib.npz"
     code, r = prune_digits(
         tmp_path,
@@ -182,7 +184,7 @@ def test_calibrated_pruning_keeps_digits_accuracy(tmp_path):
         "--criterion",
         "flap",
         "--reconstruct",
-        "lsq",
+        reconstruct,
         "--calib",
         str(calib),
         "--eval",
@@ -191,7 +193,7 @@ def test_calibrated_pruning_keeps_digits_accuracy(tmp_path):
     assert code == 0
     assert r["parity"]["mask_check"] == "exact" and r["parity"]["status"] == "approximate"
     assert r["macs"]["after"] < 0.55 * r["macs"]["before"]
-    assert r["accuracy"]["after"] >= 0.95
+    assert r["accuracy"]["after"] >= floor
 
 
 def test_output_file_gets_ordinary_permissions(tmp_path):

@@ -1,0 +1,117 @@
+"""Layer-by-layer least squares (``--reconstruct lsq-seq``).
+
+One-shot ``lsq`` regresses each consumer's removed inputs on its kept ones as the *original*
+model computes them. Here the consumers are refitted in waves, in graph order: before a
+wave, the model pruned so far (the masked copy, with every earlier refit applied) and the
+original run on the same calibration batches, and each consumer's full original input X
+is regressed on the kept inputs X̃_K the pruned model really delivers (``X ≈ Aᵀ X̃_K + c``).
+A later layer thus also corrects, as far as a linear map can, the drift the earlier
+removals left in its kept inputs. A wave holds consumers none of which feeds another, so
+one pass over the data serves it; the result is the same ``Update`` list the one-shot mode
+makes, applied by the ``Reconstruct`` pass.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphprune.calibration import capture_joint
+
+from .mask_units import masked_graph
+from .reconstruct import Update, _eligible, make_update, regression
+from .removal import Removal
+
+log = logging.getLogger(__name__)
+_fresh = itertools.count()
+
+
+def _downstream(node: gs.Node) -> set[str]:
+    """Names of every tensor computed from ``node``'s outputs."""
+    seen: set[str] = set()
+    todo = list(node.outputs)
+    while todo:
+        t = todo.pop()
+        if t.name in seen:
+            continue
+        seen.add(t.name)
+        for consumer in t.outputs:
+            todo.extend(consumer.outputs)
+    return seen
+
+
+def waves(graph: gs.Graph, contractions: list) -> list[list]:
+    """Contractions in graph order, cut into runs in which no consumer feeds another."""
+    order = {id(n): i for i, n in enumerate(graph.nodes)}
+    out: list[list] = []
+    reach: set[str] = set()
+    for c in sorted(contractions, key=lambda c: order[id(c.node)]):
+        if not out or c.act.tensor in reach:
+            out.append([])
+            reach = set()
+        out[-1].append(c)
+        reach |= _downstream(c.node)
+    return out
+
+
+def _apply_full_size(copy: gs.Graph, node: gs.Node, up: Update, kept: np.ndarray) -> None:
+    """Apply ``up`` to the masked copy's ``node`` (tensors at their original sizes)."""
+    if up.weight is not None:
+        w = node.inputs[up.slot]
+        vals = np.moveaxis(np.array(w.values, dtype=np.float64), up.axis, 0)
+        vals[kept] += np.moveaxis(up.weight, up.axis, 0)
+        new = np.moveaxis(vals, 0, up.axis).astype(w.values.dtype)
+        node.inputs[up.slot] = gs.Constant(f"{w.name}_seq{next(_fresh)}", new)
+    y = node.outputs[0]
+    dtype = y.dtype or np.float32
+    if node.op in ("Conv", "Gemm"):
+        has = len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant)
+        if len(node.inputs) > 2 and node.inputs[2].name and not has:
+            return  # a bias computed at run time: the Reconstruct pass leaves it too
+        bias = up.bias
+        if node.op == "Gemm":
+            bias = bias / float(node.attrs.get("beta", 1.0)) if has else bias
+            if not has:
+                node.attrs["beta"] = 1.0
+        old = np.asarray(node.inputs[2].values, np.float64).reshape(-1) if has else 0.0
+        const = gs.Constant(
+            f"{node.name or node.op}_seqbias{next(_fresh)}", (old + bias).astype(dtype)
+        )
+        while len(node.inputs) <= 2:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs[2] = const
+    else:
+        inner = gs.Variable(f"{y.name}_seqpre{next(_fresh)}", dtype=y.dtype)
+        node.outputs[0] = inner
+        const = gs.Constant(f"{y.name}_seqbias{next(_fresh)}", up.bias.astype(dtype))
+        copy.nodes.append(gs.Node("Add", inputs=[inner, const], outputs=[y]))
+
+
+def layerwise_updates(
+    removal: Removal, original: onnx.ModelProto, feeds: list[dict], damping: float
+) -> list[Update]:
+    contractions = [c for c in removal.analysis.contractions if _eligible(c, removal)]
+    if not contractions:
+        return []
+    copy, node_map = masked_graph(removal)
+    out: list[Update] = []
+    runs = waves(removal.analysis.graph, contractions)
+    for k, wave in enumerate(runs):
+        current = gs.export_onnx(copy, do_type_check=False)
+        stats = capture_joint(current, original, feeds, [(c.act.tensor, c.act.axis) for c in wave])
+        for c in wave:
+            st = stats[c.act.tensor, c.act.axis]
+            kept = np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
+            a, shift = regression(
+                st.cov_xx[kept][:, kept], st.cov_xy[kept], st.mean_x[kept], st.mean_y, kept, damping
+            )
+            up = make_update(c, kept, a, shift)
+            _apply_full_size(copy, node_map[id(c.node)], up, kept)
+            out.append(up)
+        copy.toposort()
+        log.info("lsq-seq: wave %d/%d refitted %d consumers", k + 1, len(runs), len(wave))
+    return out
