@@ -68,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     c.add_argument("-o", "--output", required=True, help=".npz to write")
     c.add_argument("--max-length", type=int, default=128, help="pad/truncate to N tokens")
+    c.add_argument(
+        "--pad-to-longest",
+        action="store_true",
+        help="pad to the longest line (at most --max-length) instead of --max-length: fewer "
+        "padding positions in the statistics, for models with a dynamic sequence length",
+    )
 
     r = sub.add_parser("prune", help="prune a model and prove parity")
     r.add_argument("model")
@@ -203,7 +209,7 @@ def cmd_analyze(args) -> int:
 def cmd_calib_from_text(args) -> int:
     if _same_file(args.text, args.output):
         raise UsageError("output path is the input text; refusing to overwrite it")
-    arrays = tokenize_file(args.text, args.tokenizer, args.max_length)
+    arrays = tokenize_file(args.text, args.tokenizer, args.max_length, args.pad_to_longest)
     try:
         save_npz_atomic(arrays, args.output)
     except OSError as e:

@@ -1,6 +1,7 @@
 """Calibration data from text: tokenize a text file (one sample per line) with a Hugging Face
 tokenizer into an ``.npz`` holding one array per tokenizer output (``input_ids``,
-``attention_mask``, ``token_type_ids`` ...), padded to a fixed length. Needs the optional
+``attention_mask``, ``token_type_ids`` ...), padded to a fixed length (``max_length``, or the
+longest line when that is shorter and the model takes any length). Needs the optional
 ``transformers`` package."""
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import numpy as np
 from .errors import CalibrationError, UsageError
 
 
-def tokenize_file(text_path, tokenizer_dir, max_length: int = 128) -> dict[str, np.ndarray]:
+def tokenize_file(
+    text_path, tokenizer_dir, max_length: int = 128, pad_to_longest: bool = False
+) -> dict[str, np.ndarray]:
     p = Path(text_path)
     if not p.is_file():
         raise CalibrationError(f"{p}: no such file")
@@ -34,7 +37,11 @@ def tokenize_file(text_path, tokenizer_dir, max_length: int = 128) -> dict[str, 
     except Exception as e:  # a path that is not a tokenizer directory
         raise UsageError(f"{tokenizer_dir}: cannot load a tokenizer ({e})") from e
     enc = tokenizer(
-        lines, padding="max_length", truncation=True, max_length=max_length, return_tensors="np"
+        lines,
+        padding="longest" if pad_to_longest else "max_length",
+        truncation=True,
+        max_length=max_length,
+        return_tensors="np",
     )
     return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
 

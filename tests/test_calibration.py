@@ -212,6 +212,12 @@ def test_calib_from_text_tokenizes_to_the_model_inputs(tmp_path, capsys):
     with np.load(out) as data:
         assert data["input_ids"].shape == (2, 32) and data["input_ids"].dtype == np.int64
         assert data["attention_mask"][1].sum() < 32  # padded
+        longest = int(data["attention_mask"].sum(1).max())
+    short = tmp_path / "short.npz"
+    args = ["calib-from-text", str(text), "--tokenizer", tok, "-o", str(short)]
+    assert main([*args, "--max-length", "32", "--pad-to-longest"]) == 0
+    with np.load(short) as data:
+        assert data["input_ids"].shape == (2, longest) and longest < 32
     empty = tmp_path / "e.txt"
     empty.write_text("\n\n")
     assert main(["calib-from-text", str(empty), "--tokenizer", tok, "-o", str(out)]) == 7
