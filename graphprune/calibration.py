@@ -98,14 +98,39 @@ class Activations:
         return self.stats.get((name, axis))
 
 
-def _probe_session(model: onnx.ModelProto, names: list[str]):
+def _probe_session(model: onnx.ModelProto, names: list[str], only: bool = False):
     """An ORT session (optimisations off) on a copy of ``model`` that also outputs the
-    intermediate tensors ``names``."""
+    intermediate tensors ``names``; with ``only``, outputs just those and runs only the
+    nodes they need (the graph inputs all stay, so any feed of the model fits)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
+    if only:
+        _truncate(probe.graph, names)
     present = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
     return session(probe)
+
+
+def _truncate(graph: onnx.GraphProto, names: list[str]) -> None:
+    """Keep only the nodes (and initializers) that ``names`` depend on; no graph outputs."""
+    producer = {o: k for k, n in enumerate(graph.node) for o in n.output}
+    needed, todo = set(), list(names)
+    while todo:
+        k = producer.get(todo.pop())
+        if k is None or k in needed:
+            continue
+        needed.add(k)
+        node = graph.node[k]
+        todo.extend(node.input)
+        for attr in node.attribute:  # outer-scope names read inside subgraphs
+            for sub in [attr.g, *attr.graphs]:
+                todo.extend(i for n in sub.node for i in n.input)
+    kept = [graph.node[k] for k in sorted(needed)]
+    used = {i for n in kept for i in n.input} | set(names) | {i.name for i in graph.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    del graph.node[:], graph.output[:], graph.initializer[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(inits)
 
 
 #: called as ``progress(done, total)`` after every calibration batch (the CLI draws a bar)
@@ -187,7 +212,7 @@ def capture_joint(
     the moments tying the current model's activation to the original's (``JointStats``)."""
     targets = sorted(set(targets))
     names = sorted({n for n, _ in targets})
-    sessions = (_probe_session(current, names), _probe_session(original, names))
+    sessions = (_probe_session(current, names, True), _probe_session(original, names, True))
     out: dict[tuple[str, int], JointStats] = {}
     for k, feed in enumerate(feeds):
         try:
