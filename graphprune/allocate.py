@@ -112,6 +112,52 @@ def global_plan(
     return plan
 
 
+def kind_global_plan(
+    analysis: Analysis,
+    scores,
+    ratio: float,
+    ratios=None,
+    *,
+    round_to: int = 1,
+    min_keep: int = 1,
+    criterion: str = "l2",
+    hidden: float = 0.0,
+    drop: list | None = None,
+) -> Plan:
+    """``--global`` without a target: each kind (head, neuron, channel ...) loses its ratio
+    of *all* its units, taken where the group-normalised scores are lowest, so layers
+    lose different shares. ``hidden`` and ``drop`` are applied as given."""
+    ratios = dict(ratios or {})
+    fixed = make_plan(analysis, scores, 0.0, round_to, min_keep, criterion, {}, hidden, drop)
+    taken = {gp.key for gp in fixed.groups}
+    plan = Plan(criterion=criterion, ratio=ratio, ratios=ratios)
+    plan.groups = list(fixed.groups)
+    free = [g for g in analysis.prunable if g.key not in taken]
+    for kind in sorted({g.kind for g in free}):
+        r = ratios.get(kind, ratio)
+        own = [g for g in free if g.kind == kind]
+        if r <= 0:
+            continue
+        if r >= 1:
+            raise UsageError(f"the {kind} ratio must be in [0, 1), got {r}")
+        goal = r * sum(g.units for g in own)
+        skip = frozenset(g.key for g in analysis.prunable) - {g.key for g in own}
+        lo = 0.0
+        hi = 1.0 + max(float(np.max(scores[g.id] / max(scores[g.id].mean(), 1e-12))) for g in own)
+        best, best_err = Plan(), goal
+        for _ in range(60):  # the threshold whose removal count is nearest the goal
+            mid = (lo + hi) / 2
+            trial = global_plan(analysis, scores, mid, round_to, min_keep, criterion, skip)
+            removed = sum(len(gp.remove) for gp in trial.groups)
+            if abs(removed - goal) < best_err:
+                best, best_err = trial, abs(removed - goal)
+            if removed == round(goal):
+                break
+            lo, hi = (mid, hi) if removed < goal else (lo, mid)
+        plan.groups += best.groups
+    return plan
+
+
 def plan_for_target(
     analysis: Analysis,
     scores,

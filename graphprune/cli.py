@@ -146,8 +146,9 @@ def _parser() -> argparse.ArgumentParser:
         "--global",
         dest="global_rank",
         action="store_true",
-        help="rank units across groups (group-normalised scores) instead of a "
-        "uniform ratio per group",
+        help="rank units across groups (group-normalised scores) instead of a uniform "
+        "ratio per group: each kind loses its ratio of all its units, wherever they score "
+        "lowest; with a target, one threshold over every unit",
     )
     r.add_argument("--criterion", choices=CRITERIA, default="l2")
     r.add_argument(

@@ -18,7 +18,7 @@ from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import Removal
 from graphprune.passes.slice_constants import SliceConstants
 
-from .allocate import plan_for_target
+from .allocate import kind_global_plan, plan_for_target
 from .analysis.groups import Analysis, analyze
 from .calibration import capture
 from .depth import Block, calibrate_blocks, choose_blocks, find_blocks
@@ -193,6 +193,18 @@ def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts) -> Plan:
     scores = score_groups(analysis, opts.criterion, opts.seed, acts, knockout, opts.damping)
     drop = select_blocks(analysis, opts, model)
     budget = _budget(opts)
+    if budget is None and opts.global_rank:
+        return kind_global_plan(
+            analysis,
+            scores,
+            opts.ratio,
+            opts.ratios,
+            round_to=opts.round_to,
+            min_keep=opts.min_keep,
+            criterion=opts.criterion,
+            hidden=opts.hidden,
+            drop=[b.group for b in drop],
+        )
     if budget is None:
         return make_plan(
             analysis,
@@ -228,8 +240,6 @@ def _budget(opts: PruneOptions) -> tuple[str, float] | None:
         return "macs", opts.target_macs
     if opts.target_params is not None:
         return "params", opts.target_params
-    if opts.global_rank:
-        return "units", 1.0 - opts.ratio
     return None
 
 

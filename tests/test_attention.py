@@ -228,3 +228,18 @@ def test_target_composes_with_hidden_width(tmp_path, global_rank):
     kept = result.after["params"] / result.before["params"]
     assert abs(kept - 0.6) <= 0.012, kept
     assert result.parity.status == "approximate"
+
+
+def test_global_ratios_hold_per_kind_across_layers(exported):
+    """--heads 0.5 --mlp 0.25 --global: half of all heads and a quarter of all neurons go,
+    wherever they score lowest, not necessarily the same number in each layer."""
+    import onnx
+
+    model = onnx.load(exported("torchscript", False))
+    result = prune_and_check(
+        model, 0.0, ratios={"head": 0.5, "neuron": 0.25}, global_rank=True, criterion="l1"
+    )
+    removed = {"head": 0, "neuron": 0}
+    for gp in result.plan.groups:
+        removed[gp.kind] += len(gp.remove)
+    assert removed == {"head": 4, "neuron": 32}  # of 8 heads and 128 neurons
