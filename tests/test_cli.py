@@ -205,3 +205,22 @@ def test_output_file_gets_ordinary_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+
+
+def test_readme_main_command_does_what_the_readme_says(tmp_path):
+    """The set-up command's `graphprune prune ...` part, run as written (outputs redirected
+    to tmp_path): it succeeds and keeps the accuracy the README quotes."""
+    import shlex
+
+    line = next(
+        ln for ln in (ROOT / "README.md").read_text().splitlines() if "&& graphprune prune" in ln
+    )
+    args = shlex.split(line.split("&& graphprune ", 1)[1])
+    args[args.index("-o") + 1] = str(tmp_path / "small.onnx")
+    args[args.index("--json") + 1] = str(tmp_path / "r.json")
+    args = [str(ROOT / a) if a.startswith("models/") else a for a in args]
+    assert main(args) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["params"]["after"] < 0.3 * r["params"]["before"]
+    assert r["parity"]["mask_check"] == "exact"
+    assert r["accuracy"]["after"] >= 0.96
