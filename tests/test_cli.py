@@ -207,7 +207,7 @@ def test_output_file_gets_ordinary_permissions(tmp_path):
     assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
 
 
-def test_readme_main_command_does_what_the_readme_says(tmp_path):
+def test_readme_main_command_does_what_the_readme_says(tmp_path, capsys):
     """The set-up command's `graphprune prune ...` part, run as written (outputs redirected
     to tmp_path): it succeeds and keeps the accuracy the README quotes."""
     import shlex
@@ -224,3 +224,5 @@ def test_readme_main_command_does_what_the_readme_says(tmp_path):
     assert r["params"]["after"] < 0.3 * r["params"]["before"]
     assert r["parity"]["mask_check"] == "exact"
     assert r["accuracy"]["after"] >= 0.96
+    out = capsys.readouterr().out
+    assert "parity    approximate" in out and "before reconstruction: exact" in out
