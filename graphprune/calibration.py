@@ -42,6 +42,11 @@ def calibration_feeds(source, model: onnx.ModelProto, batch: int = 16) -> list[d
     return feeds
 
 
+def channels_first(x: np.ndarray, axis: int) -> np.ndarray:
+    """``x`` as float64 (channels on ``axis``, positions) = (C, everything else)."""
+    return np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0).reshape(x.shape[axis], -1)
+
+
 @dataclass
 class ChannelStats:
     """Streaming per-channel moments of one activation axis."""
@@ -53,7 +58,10 @@ class ChannelStats:
     gram: np.ndarray | None = None  # Σ x xᵀ over samples (channels x channels), if asked
 
     def add(self, x: np.ndarray, axis: int, gram: bool = False) -> None:
-        x = np.moveaxis(np.asarray(x, dtype=np.float64), axis, 0).reshape(x.shape[axis], -1)
+        self.add_channels(channels_first(x, axis), gram)
+
+    def add_channels(self, x: np.ndarray, gram: bool = False) -> None:
+        """Add ``x`` of shape (channels, positions)."""
         if gram:
             g = x @ x.T
             self.gram = g if self.gram is None else self.gram + g
@@ -98,16 +106,14 @@ class Activations:
         return self.stats.get((name, axis))
 
 
-def _probe_session(model: onnx.ModelProto, names: list[str], only: bool = False):
-    """An ORT session (optimisations off) on a copy of ``model`` that also outputs the
-    intermediate tensors ``names``; with ``only``, outputs just those and runs only the
-    nodes they need (the graph inputs all stay, so any feed of the model fits)."""
+def _probe_session(model: onnx.ModelProto, names: list[str]):
+    """An ORT session (optimisations off) on a copy of ``model`` that outputs just the
+    tensors ``names`` and runs only the nodes they need (every graph input stays, so any
+    feed of the model fits)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    if only:
-        _truncate(probe.graph, names)
-    present = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in present)
+    _truncate(probe.graph, names)
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     return session(probe)
 
 
@@ -167,42 +173,30 @@ def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = Fal
 @dataclass
 class JointStats:
     """Streaming moments of one activation axis seen in two models on the same inputs:
-    ``x`` in the model being rebuilt, ``y`` in the original (same channel count)."""
+    ``x`` in the model being rebuilt (with its Gram matrix), ``y`` in the original (same
+    channel count), and their cross moments."""
 
-    count: int = 0
-    sum_x: np.ndarray | None = None
+    x: ChannelStats = field(default_factory=ChannelStats)
     sum_y: np.ndarray | None = None
-    gram_xx: np.ndarray | None = None  # Σ x xᵀ
     gram_xy: np.ndarray | None = None  # Σ x yᵀ
 
     def add(self, x: np.ndarray, y: np.ndarray, axis: int) -> None:
-        x, y = (
-            np.moveaxis(np.asarray(v, np.float64), axis, 0).reshape(v.shape[axis], -1)
-            for v in (x, y)
-        )
-        parts = (x.sum(1), y.sum(1), x @ x.T, x @ y.T)
-        if self.sum_x is None:
-            self.sum_x, self.sum_y, self.gram_xx, self.gram_xy = parts
+        x, y = channels_first(x, axis), channels_first(y, axis)
+        self.x.add_channels(x, gram=True)
+        sum_y, cross = y.sum(1), x @ y.T
+        if self.sum_y is None:
+            self.sum_y, self.gram_xy = sum_y, cross
         else:
-            for name, v in zip(("sum_x", "sum_y", "gram_xx", "gram_xy"), parts, strict=True):
-                getattr(self, name).__iadd__(v)
-        self.count += x.shape[1]
-
-    @property
-    def mean_x(self) -> np.ndarray:
-        return self.sum_x / self.count
+            self.sum_y += sum_y
+            self.gram_xy += cross
 
     @property
     def mean_y(self) -> np.ndarray:
-        return self.sum_y / self.count
-
-    @property
-    def cov_xx(self) -> np.ndarray:
-        return self.gram_xx / self.count - np.outer(self.mean_x, self.mean_x)
+        return self.sum_y / self.x.count
 
     @property
     def cov_xy(self) -> np.ndarray:
-        return self.gram_xy / self.count - np.outer(self.mean_x, self.mean_y)
+        return self.gram_xy / self.x.count - np.outer(self.x.mean, self.mean_y)
 
 
 def capture_joint(
@@ -212,7 +206,7 @@ def capture_joint(
     the moments tying the current model's activation to the original's (``JointStats``)."""
     targets = sorted(set(targets))
     names = sorted({n for n, _ in targets})
-    sessions = (_probe_session(current, names, True), _probe_session(original, names, True))
+    sessions = (_probe_session(current, names), _probe_session(original, names))
     out: dict[tuple[str, int], JointStats] = {}
     for k, feed in enumerate(feeds):
         try:

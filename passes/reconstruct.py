@@ -51,7 +51,7 @@ def _output_axis(node: gs.Node) -> int:
     return 1 if node.op == "Conv" else -1
 
 
-def _eligible(c, removal: Removal) -> bool:
+def refittable(c, removal: Removal) -> bool:
     """A contraction that loses some (not all) inputs, through a constant weight we can refit."""
     removed = removal.of_dim(c.dim)
     w = c.node.inputs[c.slot]
@@ -98,10 +98,10 @@ def make_update(c, kept: np.ndarray, a: np.ndarray | None, shift: np.ndarray) ->
 def plan_updates(
     removal: Removal, acts: Activations, mode: str, damping: float = DAMPING
 ) -> list[Update]:
-    """One update per eligible contraction with statistics, all from the original model."""
+    """One update per refittable contraction with statistics, all from the original model."""
     out = []
     for c in removal.analysis.contractions:
-        if not _eligible(c, removal):
+        if not refittable(c, removal):
             continue
         st = acts.get(c.act.tensor, c.act.axis)
         if st is None or (mode == "lsq" and st.gram is None):
@@ -119,53 +119,66 @@ def plan_updates(
     return out
 
 
+def add_to_weight(node: gs.Node, slot: int, delta: np.ndarray) -> None:
+    """Add ``delta`` (the weight's current shape) to ``node``'s constant input ``slot``."""
+    w = node.inputs[slot]
+    value = (np.asarray(w.values, dtype=np.float64) + delta).astype(w.values.dtype)
+    node.inputs[slot] = gs.Constant(f"{w.name}_lsq{next(_fresh)}", value)
+
+
+def add_to_outputs(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
+    """Add ``delta`` (one value per output channel) to what ``node`` computes: into the bias
+    of a Conv/Gemm (one is added where there is none), behind a MatMul as an ``Add``. False
+    where the bias is computed at run time: that is left alone."""
+    y = node.outputs[0]
+    if node.op in ("Conv", "Gemm"):
+        has = len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant)
+        if len(node.inputs) > 2 and node.inputs[2].name and not has:
+            return False
+        if node.op == "Gemm":
+            delta = delta / float(node.attrs.get("beta", 1.0)) if has else delta
+            if not has:
+                node.attrs["beta"] = 1.0
+        old = np.asarray(node.inputs[2].values, np.float64).reshape(-1) if has else 0.0
+        dtype = node.inputs[0].dtype or np.float32
+        value = (old + delta).astype(dtype)  # old: one per channel, or a scalar
+        const = gs.Constant(f"{node.name or node.op}_bias_fix{next(_fresh)}", value)
+        while len(node.inputs) <= 2:
+            node.inputs.append(gs.Variable.empty())
+        node.inputs[2] = const
+    else:  # MatMul: it now writes a new tensor, and ``y = that + delta``
+        inner = gs.Variable(f"{y.name}_before_bias_fix{next(_fresh)}", dtype=y.dtype)
+        const = gs.Constant(
+            f"{y.name}_bias_delta{next(_fresh)}", delta.astype(y.dtype or np.float32)
+        )
+        node.outputs[0] = inner
+        graph.nodes.append(gs.Node("Add", inputs=[inner, const], outputs=[y]))
+    return True
+
+
 class Reconstruct:
+    """Apply the updates to the pruned graph: deltas over original sizes are sliced first."""
+
     name = "reconstruct"
 
     def run(self, removal: Removal, updates: list[Update]) -> PassResult:
         graph = removal.analysis.graph
         done = 0
         for up in updates:
-            node, delta = up.node, up.bias
+            node = up.node
             if up.weight is not None:
-                self._update_weight(removal, up)
+                add_to_weight(node, up.slot, self._sliced_weight(removal, up))
             y = node.outputs[0]
-            axis = _output_axis(node)
-            kept = np.delete(delta, removal.removed(y, axis % len(removal.old_shape(y))))
-            if node.op in ("Conv", "Gemm"):
-                slot = 2
-                has = len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant)
-                if len(node.inputs) > 2 and node.inputs[2].name and not has:
-                    continue  # a bias computed at run time: leave it
-                if node.op == "Gemm":
-                    kept = kept / float(node.attrs.get("beta", 1.0)) if has else kept
-                    if not has:
-                        node.attrs["beta"] = 1.0
-                old = np.asarray(node.inputs[2].values, np.float64).reshape(-1) if has else 0.0
-                dtype = node.inputs[0].dtype or np.float32
-                value = (old + kept).astype(dtype)  # old: one per channel, or a scalar
-                const = gs.Constant(f"{node.name or node.op}_bias_fix{next(_fresh)}", value)
-                while len(node.inputs) <= slot:
-                    node.inputs.append(gs.Variable.empty())
-                node.inputs[slot] = const
-            else:  # MatMul: it now writes a new tensor, and ``y = that + delta``
-                inner = gs.Variable(f"{y.name}_before_bias_fix{next(_fresh)}", dtype=y.dtype)
-                const = gs.Constant(
-                    f"{y.name}_bias_delta{next(_fresh)}", kept.astype(y.dtype or np.float32)
-                )
-                node.outputs[0] = inner
-                graph.nodes.append(gs.Node("Add", inputs=[inner, const], outputs=[y]))
-            done += 1
+            axis = _output_axis(node) % len(removal.old_shape(y))
+            done += add_to_outputs(graph, node, np.delete(up.bias, removal.removed(y, axis)))
         return PassResult(self.name, done > 0, f"{done} consumers reconstructed")
 
     @staticmethod
-    def _update_weight(removal: Removal, up: Update) -> None:
-        """Add the lsq delta to the (already sliced) kept rows of the weight."""
-        w = up.node.inputs[up.slot]
+    def _sliced_weight(removal: Removal, up: Update) -> np.ndarray:
+        """The lsq delta of the kept rows, with the weight's other pruned axes sliced too."""
         delta = up.weight
         for ax in range(delta.ndim):
             d = removal.analysis.space.index.get(("const", id(up.node), up.slot, ax))
             if ax != up.axis and d is not None:
                 delta = np.delete(delta, removal.of_dim(d), axis=ax)
-        value = (np.asarray(w.values, dtype=np.float64) + delta).astype(w.values.dtype)
-        up.node.inputs[up.slot] = gs.Constant(f"{w.name}_lsq{next(_fresh)}", value)
+        return delta

@@ -13,7 +13,6 @@ makes, applied by the ``Reconstruct`` pass.
 
 from __future__ import annotations
 
-import itertools
 import logging
 
 import numpy as np
@@ -23,11 +22,17 @@ import onnx_graphsurgeon as gs
 from graphprune.calibration import capture_joint
 
 from .mask_units import masked_graph
-from .reconstruct import Update, _eligible, make_update, regression
+from .reconstruct import (
+    Update,
+    add_to_outputs,
+    add_to_weight,
+    make_update,
+    refittable,
+    regression,
+)
 from .removal import Removal
 
 log = logging.getLogger(__name__)
-_fresh = itertools.count()
 
 
 def _downstream(node: gs.Node) -> set[str]:
@@ -62,39 +67,16 @@ def _apply_full_size(copy: gs.Graph, node: gs.Node, up: Update, kept: np.ndarray
     """Apply ``up`` to the masked copy's ``node`` (tensors at their original sizes)."""
     if up.weight is not None:
         w = node.inputs[up.slot]
-        vals = np.moveaxis(np.array(w.values, dtype=np.float64), up.axis, 0)
-        vals[kept] += np.moveaxis(up.weight, up.axis, 0)
-        new = np.moveaxis(vals, 0, up.axis).astype(w.values.dtype)
-        node.inputs[up.slot] = gs.Constant(f"{w.name}_seq{next(_fresh)}", new)
-    y = node.outputs[0]
-    dtype = y.dtype or np.float32
-    if node.op in ("Conv", "Gemm"):
-        has = len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant)
-        if len(node.inputs) > 2 and node.inputs[2].name and not has:
-            return  # a bias computed at run time: the Reconstruct pass leaves it too
-        bias = up.bias
-        if node.op == "Gemm":
-            bias = bias / float(node.attrs.get("beta", 1.0)) if has else bias
-            if not has:
-                node.attrs["beta"] = 1.0
-        old = np.asarray(node.inputs[2].values, np.float64).reshape(-1) if has else 0.0
-        const = gs.Constant(
-            f"{node.name or node.op}_seqbias{next(_fresh)}", (old + bias).astype(dtype)
-        )
-        while len(node.inputs) <= 2:
-            node.inputs.append(gs.Variable.empty())
-        node.inputs[2] = const
-    else:
-        inner = gs.Variable(f"{y.name}_seqpre{next(_fresh)}", dtype=y.dtype)
-        node.outputs[0] = inner
-        const = gs.Constant(f"{y.name}_seqbias{next(_fresh)}", up.bias.astype(dtype))
-        copy.nodes.append(gs.Node("Add", inputs=[inner, const], outputs=[y]))
+        delta = np.zeros(w.values.shape)
+        np.moveaxis(delta, up.axis, 0)[kept] = np.moveaxis(up.weight, up.axis, 0)
+        add_to_weight(node, up.slot, delta)
+    add_to_outputs(copy, node, up.bias)
 
 
 def layerwise_updates(
     removal: Removal, original: onnx.ModelProto, feeds: list[dict], damping: float
 ) -> list[Update]:
-    contractions = [c for c in removal.analysis.contractions if _eligible(c, removal)]
+    contractions = [c for c in removal.analysis.contractions if refittable(c, removal)]
     if not contractions:
         return []
     copy, node_map = masked_graph(removal)
@@ -105,9 +87,10 @@ def layerwise_updates(
         stats = capture_joint(current, original, feeds, [(c.act.tensor, c.act.axis) for c in wave])
         for c in wave:
             st = stats[c.act.tensor, c.act.axis]
+            cov = st.x.covariance
             kept = np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
             a, shift = regression(
-                st.cov_xx[kept][:, kept], st.cov_xy[kept], st.mean_x[kept], st.mean_y, kept, damping
+                cov[kept][:, kept], st.cov_xy[kept], st.x.mean[kept], st.mean_y, kept, damping
             )
             up = make_update(c, kept, a, shift)
             _apply_full_size(copy, node_map[id(c.node)], up, kept)
