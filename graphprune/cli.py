@@ -20,7 +20,7 @@ from .evaluate import accuracy, load_npz, output_deviation, run_outputs
 from .graph import load_model, save_model_atomic
 from .importance import CRITERIA
 from .plan import Plan
-from .prune import PruneOptions, analyze_model, check_ratio, prune_model
+from .prune import RECONSTRUCTIONS, PruneOptions, analyze_model, check_ratio, prune_model
 from .report import build_report, format_analysis, format_summary, group_rows
 from .text import save_npz_atomic, tokenize_file
 
@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--gqa", choices=("kv", "query"), default="kv", help=GQA_HELP)
     r.add_argument(
         "--reconstruct",
-        choices=("none", "bias", "lsq", "lsq-seq"),
+        choices=RECONSTRUCTIONS,
         default="none",
         help="bias: fold the removed units' mean contribution into the consumers' biases "
         "(FLAP); lsq: least-squares refit of the consumers' kept weights and bias; lsq-seq: "
@@ -176,8 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--calib",
         metavar="NPZ|DIR",
-        help="calibration inputs (.npz or a directory of them): statistics for "
-        "the data-driven criteria (activation, wanda, flap), also fed to parity",
+        help="calibration inputs (.npz or a directory of them): statistics for the "
+        "data-driven criteria and --reconstruct, --drop-layers ranking; also fed to parity",
     )
     r.add_argument("--no-parity", action="store_true", help="skip the parity proof")
     return p

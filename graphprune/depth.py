@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from .analysis.context import tensor_shape
 from .analysis.groups import Analysis, Group
 from .analysis.shape_values import symbolic_shape
+from .importance import group_contractions
 
 
 @dataclass
@@ -73,17 +74,16 @@ def find_blocks(analysis: Analysis) -> list[Block]:
     for g in analysis.prunable:
         if g.kind not in ("head", "neuron"):
             continue
-        dims = {d.id for d in g.dims}
-        points = [(c.node, c.slot, c.dim) for c in analysis.contractions if c.dim.id in dims]
-        if not points or not all(residual_path(n) for n, _, _ in points):
+        points = group_contractions(g, analysis)
+        if not points or not all(residual_path(c.node) for c in points):
             continue
         score = 0.0
-        for n, slot, _ in points:
-            w = n.inputs[slot]
+        for c in points:
+            w = c.node.inputs[c.slot]
             if isinstance(w, gs.Constant):
                 score += float(np.sum(np.square(w.values, dtype=np.float64)))
         kind = "attention" if g.kind == "head" else "mlp"
-        blocks.append(Block(len(blocks), kind, g, float(np.sqrt(score)), [p[0] for p in points]))
+        blocks.append(Block(len(blocks), kind, g, float(np.sqrt(score)), [c.node for c in points]))
     return blocks
 
 

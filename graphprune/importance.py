@@ -57,15 +57,26 @@ def carrier_scores(group: Group, analysis: Analysis, p: int) -> list[np.ndarray]
     return out
 
 
+def group_contractions(group: Group, analysis: Analysis) -> list[Contraction]:
+    """Every contraction of one of the group's dims."""
+    dims = {d.id for d in group.dims}
+    return [c for c in analysis.contractions if c.dim.id in dims]
+
+
 def contraction_points(group: Group, analysis: Analysis) -> list[Contraction]:
     """Where the group's units are consumed: weight slices contracted against an activation."""
-    dims = {d.id for d in group.dims}
-    return [c for c in analysis.contractions if c.dim.id in dims and c.act is not None]
+    return [c for c in group_contractions(group, analysis) if c.act is not None]
 
 
-def calibration_targets(analysis: Analysis) -> list[tuple[str, int]]:
+def scored_groups(analysis: Analysis, width: bool = False) -> list[Group]:
+    """The groups a plan can prune: the prunable ones, and with ``width`` (``--hidden``)
+    also those frozen only by a normalisation."""
+    return [g for g in analysis.groups if not g.frozen or (width and g.width_only)]
+
+
+def calibration_targets(analysis: Analysis, width: bool = False) -> list[tuple[str, int]]:
     """The activation axes whose statistics the data-driven criteria need."""
-    groups = [g for g in analysis.groups if not g.frozen or g.width_only]
+    groups = scored_groups(analysis, width)
     return sorted(
         {(c.act.tensor, c.act.axis) for g in groups for c in contraction_points(g, analysis)}
     )
@@ -107,10 +118,9 @@ def obs_scores(
     ``tr(W_Uᵀ ([H⁻¹]_UU)⁻¹ W_U)`` with H = E[x xᵀ] of that input (damped); data-free, H = I
     and this is the squared L2 norm."""
     parts = []
-    dims = {d.id for d in group.dims}
-    for c in analysis.contractions:
+    for c in group_contractions(group, analysis):
         w = c.node.inputs[c.slot]
-        if c.dim.id not in dims or not isinstance(w, gs.Constant):
+        if not isinstance(w, gs.Constant):
             continue
         st = acts.get(c.act.tensor, c.act.axis) if acts is not None and c.act else None
         rows = np.moveaxis(np.asarray(w.values, dtype=np.float64), c.axis, 0)
@@ -172,7 +182,9 @@ def score_groups(
     acts: Activations | None = None,
     knockout: tuple | None = None,
     damping: float = DAMPING,
+    width: bool = False,
 ) -> dict[int, np.ndarray]:
+    """Scores of every group ``scored_groups(analysis, width)`` returns."""
     rng = np.random.default_rng(seed)
-    groups = [g for g in analysis.groups if not g.frozen or g.width_only]
+    groups = scored_groups(analysis, width)
     return {g.id: score_group(g, analysis, criterion, rng, acts, knockout, damping) for g in groups}

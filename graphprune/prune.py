@@ -183,14 +183,17 @@ def _activations(model, analysis: Analysis, opts: PruneOptions, scoring: bool):
     if not (scoring_data or opts.reconstruct in ("bias", "lsq")):
         return None  # lsq-seq captures its own statistics, wave by wave
     gram = opts.reconstruct == "lsq" or opts.criterion == "obs"
-    return capture(model, opts.calib, calibration_targets(analysis), gram=gram)
+    targets = calibration_targets(analysis, width=opts.hidden > 0)
+    return capture(model, opts.calib, targets, gram=gram)
 
 
 def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts) -> Plan:
     knockout = None
     if opts.criterion == "knockout":
         knockout = (opts.calib, model_outputs(model, opts.calib))
-    scores = score_groups(analysis, opts.criterion, opts.seed, acts, knockout, opts.damping)
+    scores = score_groups(
+        analysis, opts.criterion, opts.seed, acts, knockout, opts.damping, opts.hidden > 0
+    )
     drop = select_blocks(analysis, opts, model)
     budget = _budget(opts)
     if budget is None and opts.global_rank:
@@ -247,7 +250,7 @@ def select_blocks(analysis: Analysis, opts: PruneOptions, model=None) -> list[Bl
     if not (opts.drop_layers or opts.drop_list):
         return []
     blocks = find_blocks(analysis)
-    if opts.calib and model is not None and blocks:
+    if opts.calib and model is not None and blocks and not opts.drop_list:  # else unused
         calibrate_blocks(blocks, model, opts.calib)
     bad = [i for i in opts.drop_list if not 0 <= i < len(blocks)]
     if bad:

@@ -22,8 +22,7 @@ def _shapes(model: onnx.ModelProto) -> dict[str, list]:
     model = infer_shapes(copy)
     out = {}
     for vi in list(model.graph.value_info) + list(model.graph.output):
-        dims = vi.type.tensor_type.shape.dim
-        out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        out[vi.name] = _dims(vi)
     for t in model.graph.initializer:
         out[t.name] = list(t.dims)
     return out
@@ -68,9 +67,13 @@ def assert_valid(model: onnx.ModelProto, original: onnx.ModelProto | None = None
         assert any(n.op_type == op for n in original.graph.node), e
         with pytest.raises(onnx.checker.ValidationError):
             onnx.checker.check_model(original, full_check=True)
+    _session(model)
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
 def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True, **kw) -> PruneResult:
@@ -96,7 +99,4 @@ def _dims(vi) -> list:
 
 
 def run(model: onnx.ModelProto, feed: dict) -> list[np.ndarray]:
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feed)
+    return _session(model).run(None, feed)

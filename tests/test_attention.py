@@ -70,7 +70,7 @@ def test_hidden_width_is_pruned_approximately(tmp_path, exporter):
     weights = {d.tensor for d in hidden.carriers()}
     assert any("emb" in w for w in weights) and any("ln" in w or "norm" in w for w in weights)
     result = prune_model(model, PruneOptions(ratio=0.0, hidden=0.25))
-    assert_valid(result.model)
+    assert_valid(result.model, model)
     assert assert_structure(result) > 0
     (gp,) = result.plan.groups
     assert gp.approximate and gp.units - len(gp.remove) == 24
@@ -150,8 +150,11 @@ def test_rmsnorm_width_and_depth_on_llama(llama):
 
     model = onnx.load(llama("dynamo"))
     from graphprune.prune import PruneOptions, prune_model
+    from pruning_checks import assert_structure, assert_valid
 
     result = prune_model(model, PruneOptions(ratio=0.0, hidden=0.25))
+    assert_valid(result.model, model)
+    assert assert_structure(result) > 0
     assert result.parity.status == "approximate"
     (gp,) = result.plan.groups
     assert gp.kind == "hidden" and gp.units - len(gp.remove) == 48
@@ -220,7 +223,7 @@ def test_target_composes_with_hidden_width(tmp_path, global_rank):
     model = onnx.load(path)
     opts = PruneOptions(hidden=0.25, target_params=0.6, global_rank=global_rank)
     result = prune_model(model, opts)
-    assert_valid(result.model)
+    assert_valid(result.model, model)
     assert assert_structure(result) > 0
     (width,) = [gp for gp in result.plan.groups if gp.approximate]
     assert width.units - len(width.remove) == 24  # the hidden width is pruned as asked

@@ -9,7 +9,7 @@ from graphprune.cli import main
 from graphprune.errors import CalibrationError, UsageError
 from graphprune.prune import PruneOptions, prune_model
 from graphs import G
-from pruning_checks import assert_structure, assert_valid, prune_and_check
+from pruning_checks import assert_structure, assert_valid, prune_and_check, run
 
 PLANTED = 5
 
@@ -133,8 +133,6 @@ def _constant_unit_mlp(op):
 
 @pytest.mark.parametrize("op", ["Gemm", "MatMul"])
 def test_bias_reconstruction_recovers_a_constant_unit_exactly(op):
-    import onnxruntime as ort
-
     model = _constant_unit_mlp(op)
     feeds = _feeds()
     plain = prune_model(model, PruneOptions(ratio=1 / 8, criterion="flap", calib=feeds))
@@ -143,14 +141,15 @@ def test_bias_reconstruction_recovers_a_constant_unit_exactly(op):
     )
     assert fixed.plan.groups[0].remove == [PLANTED]
     assert fixed.parity.mask_check == "exact" and fixed.parity.status == "approximate"
-
-    def run(m):
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, {"x": np.concatenate([f["x"] for f in feeds])})[0]
-
-    original = run(model)
-    assert np.abs(run(plain.model) - original).max() > 0.1  # removing it does change things
-    assert np.allclose(run(fixed.model), original, atol=1e-5)  # and the bias puts it back
+    assert_valid(fixed.model, model)
+    # h, its Relu output r and, for MatMul, the bias Add between them: each 7 wide
+    assert assert_structure(fixed) == (2 if op == "Gemm" else 3)
+    feed = {"x": np.concatenate([f["x"] for f in feeds])}
+    original = run(model, feed)[0]
+    assert (
+        np.abs(run(plain.model, feed)[0] - original).max() > 0.1
+    )  # removing it does change things
+    assert np.allclose(run(fixed.model, feed)[0], original, atol=1e-5)  # the bias puts it back
 
 
 def test_reconstruction_without_calibration_is_a_usage_error():
@@ -173,8 +172,6 @@ def _linear_combination_mlp():
 
 @pytest.mark.parametrize("mode", ["lsq", "lsq-seq"])
 def test_lsq_recovers_a_linear_combination_exactly(mode):
-    import onnxruntime as ort
-
     from graphprune.plan import GroupPlan, Plan
     from graphprune.prune import analyze_model
 
@@ -186,15 +183,12 @@ def test_lsq_recovers_a_linear_combination_exactly(mode):
     lsq = prune_model(model, PruneOptions(reconstruct=mode, **opts), plan=plan)
     bias = prune_model(model, PruneOptions(reconstruct="bias", **opts), plan=plan)
     assert lsq.parity.mask_check == "exact"
-    x = np.random.default_rng(9).standard_normal((32, 16)).astype(np.float32)  # held out
-
-    def run(m):
-        sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-        return sess.run(None, {"x": x})[0]
-
-    original = run(model)
-    assert np.abs(run(bias.model) - original).max() > 0.1  # the mean alone is not enough
-    assert np.allclose(run(lsq.model), original, atol=1e-4)  # the refit is exact
+    assert_valid(lsq.model, model)
+    assert assert_structure(lsq) == 1
+    feed = {"x": np.random.default_rng(9).standard_normal((32, 16)).astype(np.float32)}
+    original = run(model, feed)[0]
+    assert np.abs(run(bias.model, feed)[0] - original).max() > 0.1  # the mean is not enough
+    assert np.allclose(run(lsq.model, feed)[0], original, atol=1e-4)  # the refit is exact
 
 
 def test_calib_from_text_tokenizes_to_the_model_inputs(tmp_path, capsys):
@@ -254,14 +248,13 @@ def test_lsq_seq_fits_each_layer_on_the_pruned_layers_before_it():
     if the refit of w3 is done on the h2 the pruned w2 really produces (lsq-seq): removing
     them then costs nothing beyond what pruning h1 alone costs. One-shot lsq refits w3 on
     the original h2 and pays for them (12% more measured)."""
-    import onnxruntime as ort
-
     from graphprune.plan import GroupPlan, Plan
     from graphprune.prune import analyze_model
 
     model = _linear_chain()
     h1, h2 = analyze_model(model).prunable
-    x = np.random.default_rng(9).standard_normal((256, 16)).astype(np.float32)
+    feed = {"x": np.random.default_rng(9).standard_normal((256, 16)).astype(np.float32)}
+    original = run(model, feed)[0]
 
     def error(mode, removals):
         groups = [
@@ -272,13 +265,8 @@ def test_lsq_seq_fits_each_layer_on_the_pruned_layers_before_it():
         assert_valid(result.model, model)
         assert assert_structure(result) == len(groups)
         assert result.parity.mask_check == "exact"
-        sess = ort.InferenceSession(
-            result.model.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        return float(np.mean((sess.run(None, {"x": x})[0] - run_original) ** 2))
+        return float(np.mean((run(result.model, feed)[0] - original) ** 2))
 
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    run_original = sess.run(None, {"x": x})[0]
     h1_only = error("lsq-seq", ([1, 2, 5, 6],))
     assert error("lsq-seq", ([1, 2, 5, 6], [0, 3])) < 1.01 * h1_only
     assert error("lsq", ([1, 2, 5, 6], [0, 3])) > 1.1 * h1_only
