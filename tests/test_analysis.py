@@ -150,6 +150,22 @@ def test_dynamic_flatten_via_shape_gather_concat():
     assert r.plan.groups[0].units == 16
 
 
+def test_reshape_entry_read_from_another_pruned_tensor_becomes_a_constant():
+    """r = Reshape(a, [2, Shape(b)[1]]) with a's width kept (excluded) and b's pruned: the
+    entry must not keep reading b's new width at run time."""
+    g = G()
+    x = g.input("x", [2, 8])
+    a = g.op("MatMul", [x, g.w("w1", 8, 16)], "a")
+    b = g.op("Relu", [g.op("MatMul", [x, g.w("w2", 8, 16)], "bm")], "b")
+    width = g.op("Gather", [g.op("Shape", [b], "shb"), g.const("one", [1])], "width", axis=0)
+    r = g.op("Reshape", [a, g.op("Concat", [g.const("two", [2]), width], "tgt", axis=0)], "r")
+    y2 = g.op("MatMul", [b, g.w("w3", 16, 4)], "y2")
+    m = g.model([g.op("MatMul", [r, g.w("w4", 16, 4)], "y1"), y2])
+    r = prune_and_check(m, 0.5, exclude=("a",))
+    (gp,) = r.plan.groups
+    assert gp.units == 16 and len(gp.remove) == 8  # b's width, not a's
+
+
 def test_activation_contraction_is_masked_by_mul():
     g = G()
     x = g.input("x", [2, 5, 16])

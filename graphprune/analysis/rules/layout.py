@@ -152,7 +152,7 @@ class Reshape(OpRule):
         one_to_one = link_reshape(ctx, a, b)
         if ctx.value(1) is not None:
             return
-        follow = set()
+        follow, reads = set(), {}
         for j, v in enumerate(target.tolist()):
             src = _source(sources, j)
             if src is not None and src[1] is node.inputs[0] and one_to_one.get(j) == src[2]:
@@ -160,25 +160,35 @@ class Reshape(OpRule):
             elif is_symbol(v) or v == -1 or (v == 0 and one_to_one.get(j) == j):
                 follow.add(j)
             elif v > 0 and operand_refoldable(node.inputs[1], j):
-                pass  # a literal or a 1-element piece of a Concat: re-folded
+                if src is not None:  # a static size read from another tensor
+                    reads[j] = src[1:]
             elif src is not None:
                 ctx.identity(ctx.tensor_dim(src[1], src[2]), ctx.out_dim(0, j))
                 follow.add(j)  # reads another dim: coupled with this axis, so equal
             else:
                 ctx.freeze(ctx.out_dim(0, j), "size computed at run time")
-        ctx.notes[id(node)] = {"follow": follow}
+        ctx.notes[id(node)] = {"follow": follow, "reads": reads}
 
     def refold(self, node, rc):
         target = static_value(node.inputs[1])
         if target is None:
             return
         out = node.outputs[0]
-        follow = rc.removal.analysis.notes.get(id(node), {}).get("follow", set())
+        note = rc.removal.analysis.notes.get(id(node), {})
+        follow, reads = note.get("follow", set()), note.get("reads", {})
         new = {}
         for j, v in enumerate(target.tolist()):
-            if j not in follow and v > 0 and not is_symbol(v) and rc.new_size(out, j) != v:
+            if j in follow or v <= 0:
+                continue
+            if rc.new_size(out, j) != v or _read_changes(rc, reads.get(j)):
                 new[j] = rc.new_size(out, j)
         refold_operand(rc, node, 1, new)
+
+
+def _read_changes(rc, read) -> bool:
+    """A size the shape operand reads at run time (``(tensor, axis)``) will change, so the
+    entry must become a constant even where this node's own size stays."""
+    return read is not None and len(rc.removed(*read)) > 0
 
 
 def _source(sources, j: int):
@@ -353,7 +363,7 @@ class Expand(OpRule):
             _set_shape(node.outputs[0], b)
         off = len(b) - len(a)
         k0 = len(b) - len(shape)  # output axis set by entry 0 of the shape operand
-        follow = set()
+        follow, reads = set(), {}
         for ax, size in enumerate(a):
             if size == 1 and b[ax + off] != 1:  # broadcast: the size is the shape operand's
                 ctx.touch(ctx.in_dim(0, ax), ctx.out_dim(0, ax + off))
@@ -367,23 +377,28 @@ class Expand(OpRule):
             if src is not None and src[1] is node.inputs[0] and src[2] == ax:
                 follow.add(k)  # reads the very input axis it keeps
             elif v <= 1 or is_symbol(v) or operand_refoldable(node.inputs[1], k):
-                pass
+                if src is not None and v > 1 and not is_symbol(v):
+                    reads[k] = src[1:]  # a static size read from another tensor
             elif src is not None:
                 ctx.identity(ctx.tensor_dim(src[1], src[2]), d)
                 follow.add(k)
             else:
                 ctx.freeze(d, "size computed at run time")
-        ctx.notes[id(node)] = {"follow": follow}
+        ctx.notes[id(node)] = {"follow": follow, "reads": reads}
 
     def refold(self, node, rc):
         shape = static_value(node.inputs[1])
         out = node.outputs[0]
         off = len(rc.old_shape(out)) - len(shape)
-        follow = rc.removal.analysis.notes.get(id(node), {}).get("follow", set())
+        note = rc.removal.analysis.notes.get(id(node), {})
+        follow, reads = note.get("follow", set()), note.get("reads", {})
         new = {
             k: rc.new_size(out, k + off)
             for k, v in enumerate(shape.tolist())
-            if k not in follow and v > 1 and not is_symbol(v) and rc.new_size(out, k + off) != v
+            if k not in follow
+            and v > 1
+            and not is_symbol(v)
+            and (rc.new_size(out, k + off) != v or _read_changes(rc, reads.get(k)))
         }
         refold_operand(rc, node, 1, new)
 
