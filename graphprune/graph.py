@@ -100,17 +100,13 @@ def _incomplete(model: onnx.ModelProto, found: dict) -> bool:
     """Contrib ops, or a node output whose rank or some dim inference could not tell."""
     if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
         return True
-    graph_io = {vi.name for vi in list(model.graph.output)}
+    outputs = {vi.name for vi in model.graph.output}
     for n in model.graph.node:
         for name in n.output:
-            if not name or name in graph_io:
+            if not name or name in outputs:
                 continue
             vi = found.get(name)
-            if (
-                vi is None
-                or _known_dims(vi) < len(vi.type.tensor_type.shape.dim)
-                or not vi.type.tensor_type.HasField("shape")
-            ):
+            if vi is None or _known_dims(vi) < len(vi.type.tensor_type.shape.dim):
                 return True
     return False
 

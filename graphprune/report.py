@@ -129,7 +129,7 @@ def format_analysis(analysis: Analysis, verbose: bool = False) -> str:
     lines.append(f"{'id':>4}  {'kind':<8} {'units':>9}  {'status':<8} group (anchor) / reason")
     for r in rows:
         status = "frozen" if r["frozen"] else "prunable"
-        if r["frozen"] and set(r["reasons"]) <= analysis.space.approximate:
+        if analysis.groups[r["id"]].width_only:
             status = "width"  # prunable with --hidden (approximate)
         units = f"{r['units']}" + (f"x{r['unit_width']}" if r["unit_width"] > 1 else "")
         w = ", ".join(r["weights"][:4]) + (" ..." if len(r["weights"]) > 4 else "")

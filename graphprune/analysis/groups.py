@@ -221,6 +221,7 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
     for chunk in np.split(pairs, bounds):
         by_signature[tuple(chunk[:, 1].tolist())].append(int(chunk[0, 0]))
     groups = []
+    approximate = frozenset(space.approximate)
     for sig, labs in sorted(by_signature.items(), key=lambda kv: kv[0]):
         dims = [space.dims[i] for i in sig]
         if all(d.kind == "const" for d in dims):
@@ -232,7 +233,7 @@ def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:
                 dims,
                 np.array(sorted(labs)),
                 kind,
-                approximate=frozenset(space.approximate),
+                approximate=approximate,
             )
         )
     _assign_keys(groups, labels)

@@ -16,10 +16,10 @@ import numpy as np
 
 from ..context import Unsupported
 from .elementwise import link_all_axes, link_broadcast
+from .norm import APPROXIMATE
 from .registry import OpRule, register
 
 MS = "com.microsoft"
-APPROXIMATE = "normalised axis (width pruning is approximate)"
 
 
 def _head_blocks(ctx, d, heads, offset: int, width: int, group: int = 1) -> None:
@@ -28,8 +28,8 @@ def _head_blocks(ctx, d, heads, offset: int, width: int, group: int = 1) -> None
     ctx.space.link(d, offset + i, heads, i // width // group)
 
 
-def _heads_new_size(node, rc, tag: str = "heads") -> tuple[int, int]:
-    d = rc.removal.analysis.space.index[("virtual", id(node), tag)]
+def _heads_new_size(node, rc) -> tuple[int, int]:
+    d = rc.removal.analysis.space.index[("virtual", id(node), "heads")]
     return d.size, d.size - len(rc.removal.of_dim(d))
 
 
@@ -162,7 +162,7 @@ class GroupQueryAttention(OpRule):
             node.attrs["num_heads"] = new * rep
 
 
-def _link_norm_params(ctx, node, param_slots, width_dim) -> None:
+def _link_norm_params(ctx, param_slots, width_dim) -> None:
     for i in param_slots:
         if ctx.inp(i) is not None:
             ctx.identity(ctx.in_dim(i, 0), width_dim)
@@ -185,7 +185,7 @@ class SkipLayerNorm(OpRule):
                 link_all_axes(ctx, 0, o)
         width = ctx.out_dim(0, len(x) - 1)
         params = (2, 3, 4) if node.op == "SkipLayerNormalization" else (2, 3)
-        _link_norm_params(ctx, node, params, width)
+        _link_norm_params(ctx, params, width)
         for o in (1, 2):
             if ctx.out(o) is not None:
                 ctx.touch(*(ctx.out_dim(o, ax) for ax in range(len(ctx.out_shape(o) or ()))))
@@ -206,7 +206,7 @@ class SimplifiedLayerNorm(OpRule):
             raise Unsupported("normalises more than the last axis")
         link_all_axes(ctx)
         width = ctx.out_dim(0, len(x) - 1)
-        _link_norm_params(ctx, node, (1,), width)
+        _link_norm_params(ctx, (1,), width)
         for o in (1,):
             if ctx.out(o) is not None:
                 ctx.touch(*(ctx.out_dim(o, ax) for ax in range(len(ctx.out_shape(o) or ()))))
@@ -236,7 +236,7 @@ class EmbedLayerNorm(OpRule):
         for slot in (2, 3, 4):  # word, position, segment tables [rows, D]
             if ctx.inp(slot) is not None:
                 ctx.identity(ctx.in_dim(slot, 1), width)
-        _link_norm_params(ctx, node, (5, 6), width)
+        _link_norm_params(ctx, (5, 6), width)
         if ctx.out(2) is not None:  # embedding_sum
             for ax in range(3):
                 ctx.identity(ctx.out_dim(2, ax), ctx.out_dim(0, ax))
@@ -275,8 +275,6 @@ class RotaryEmbedding(OpRule):
         if len(x) == 3 and n == 0:
             raise Unsupported("3-D input without num_heads: head size read from the cache")
         link_all_axes(ctx)
-        if len(x) == 3:
-            ctx.tag(ctx.out_dim(0, 2), "rotary")
         for slot in range(1, len(node.inputs)):
             if ctx.inp(slot) is not None and ctx.value(slot) is None:
                 shape = ctx.in_shape(slot) or ()

@@ -66,7 +66,7 @@ def link_broadcast(ctx, in_slots, out_slot: int = 0) -> None:
         off = len(out_shape) - len(shape)
         for ax, size in enumerate(shape):
             if size == 1 and out_shape[ax + off] != 1:  # broadcast axis: stays size 1
-                if ctx.in_shape(i) is not None and ctx.value(i) is None:
+                if ctx.value(i) is None:
                     ctx.touch(ctx.in_dim(i, ax))
                 continue
             ctx.identity(ctx.in_dim(i, ax), ctx.out_dim(out_slot, ax + off))

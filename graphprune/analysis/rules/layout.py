@@ -72,8 +72,8 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
         if len(ii) == 1 and len(jj) == 1:
             ctx.identity(ctx.in_dim(0, ii[0]), ctx.out_dim(0, jj[0]))
             one_to_one[jj[0]] = ii[0]
-        elif len(jj) == 1 and _repeat_axis(ctx, a, ii) is not None:  # GQA repeat_kv
-            lead, rep = _lead(a, ii)[0], _repeat_axis(ctx, a, ii)
+        elif len(jj) == 1 and (rep := _repeat_axis(ctx, a, ii)) is not None:  # GQA repeat_kv
+            lead = _lead(a, ii)[0]
             # query head h is copy h % n_rep of KV head h // n_rep: the unit is query slot r
             # in every KV group, and the KV axis stays whole
             out = ctx.out_dim(0, jj[0])
@@ -81,11 +81,11 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
             ctx.space.link(out, h, ctx.in_dim(0, rep), h % a[rep])
             ctx.tag(out, "head")
             ctx.freeze(ctx.in_dim(0, lead), "KV heads kept (--gqa query)")
-        elif len(jj) == 1 and _lead(a, ii):  # merge: blocks of the leading input axis
-            lead, inner = _lead(a, ii)
+        elif len(jj) == 1 and (merge := _lead(a, ii)):  # merge: blocks of the leading axis
+            lead, inner = merge
             ctx.block(ctx.out_dim(0, jj[0]), ctx.in_dim(0, lead), inner)
-        elif len(ii) == 1 and _lead(b, jj):  # split: e.g. hidden → (heads, head_dim)
-            lead, inner = _lead(b, jj)
+        elif len(ii) == 1 and (split := _lead(b, jj)):  # split: hidden → (heads, head_dim)
+            lead, inner = split
             heads = ctx.out_dim(0, lead)
             ctx.block(ctx.in_dim(0, ii[0]), heads, inner)
             if inner > 1:

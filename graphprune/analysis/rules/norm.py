@@ -7,6 +7,8 @@ from ..context import Unsupported
 from .elementwise import link_all_axes
 from .registry import OpRule, register
 
+APPROXIMATE = "normalised axis (width pruning is approximate)"
+
 
 @register
 class PerChannelNorm(OpRule):
@@ -50,7 +52,6 @@ class LayerNorm(OpRule):
     statistics, so it is frozen unless width pruning (approximate) is asked for."""
 
     ops = ("LayerNormalization",)
-    APPROXIMATE = "normalised axis (width pruning is approximate)"
 
     def link(self, node, ctx):
         shape = ctx.in_shape(0)
@@ -66,7 +67,7 @@ class LayerNorm(OpRule):
                     k = ax - (len(shape) - len(p))
                     if k >= 0 and p[k] != 1:
                         ctx.identity(ctx.in_dim(i, k), d)
-            ctx.approximate(d, self.APPROXIMATE)
+            ctx.approximate(d, APPROXIMATE)
         for o in (1, 2):  # mean / inv-std-dev outputs (training graphs)
             if ctx.out(o) is not None:
                 ctx.touch(*(ctx.out_dim(o, ax) for ax in range(len(ctx.out_shape(o) or ()))))
