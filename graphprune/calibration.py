@@ -218,6 +218,47 @@ def capture_joint(
     return out
 
 
+def capture_rows(
+    current: onnx.ModelProto,
+    original: onnx.ModelProto,
+    feeds: list[dict],
+    names: tuple[list[str], list[str]],
+    limit: int,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Raw rows (features on the last axis) of ``names[0]`` in ``current`` and ``names[1]``
+    in ``original``, both run on every feed; the same positions in every tensor. At most
+    about ``limit`` rows are kept: when more arrive, every other row is dropped and the
+    stride doubles, so the rows stay spread over all the batches and memory stays bounded."""
+    sessions = (_probe_session(current, names[0]), _probe_session(original, names[1]))
+    rows: list[dict[str, list[np.ndarray]]] = [{n: [] for n in ns} for ns in names]
+    stride, seen, kept = 1, 0, 0  # rows kept: global positions that are multiples of stride
+    for k, feed in enumerate(feeds):
+        try:
+            values = [
+                dict(zip(ns, s.run(ns, feed), strict=True))
+                for s, ns in zip(sessions, names, strict=True)
+            ]
+        except Exception as e:
+            raise CalibrationError(f"calibration batch {k}: the model cannot run it ({e})") from e
+        flats = [{n: v.reshape(-1, v.shape[-1]) for n, v in side.items()} for side in values]
+        counts = {len(f) for side in flats for f in side.values()}
+        if len(counts) != 1:
+            raise CalibrationError(f"calibration batch {k}: tensors differ in positions")
+        count, first = counts.pop(), (-seen) % stride
+        for side, flat in zip(rows, flats, strict=True):
+            for n, f in flat.items():
+                side[n].append(f[first::stride].astype(np.float32))
+        kept += len(range(first, count, stride))
+        seen += count
+        if kept > 2 * limit:
+            for side in rows:
+                for n, parts in side.items():
+                    side[n] = [np.concatenate(parts)[::2]]
+            kept = (kept + 1) // 2
+            stride *= 2
+    return tuple({n: np.concatenate(p) for n, p in side.items()} for side in rows)
+
+
 def mean_cosines(model: onnx.ModelProto, feeds: list[dict], pairs) -> list[float]:
     """For each ``(tensor a, tensor b)`` in ``pairs`` (same shape, features on the last
     axis), the mean over positions and samples of cos(a, b)."""

@@ -120,7 +120,8 @@ def _parser() -> argparse.ArgumentParser:
         help="bias: fold the removed units' mean contribution into the consumers' biases "
         "(FLAP); lsq: least-squares refit of the consumers' kept weights and bias; lsq-seq: "
         "the same refit layer by layer, each layer fitted on the already pruned earlier "
-        "ones. All need --calib; parity is then approximate",
+        "ones; block: lsq-seq, then each MLP block (producer, activation, consumer) refined "
+        "as a whole by gradient steps. All need --calib; parity is then approximate",
     )
     r.add_argument(
         "--damping",

@@ -32,7 +32,7 @@ from .validate import ParityResult, compare, session
 
 log = logging.getLogger(__name__)
 
-RECONSTRUCTIONS = ("none", "bias", "lsq", "lsq-seq")
+RECONSTRUCTIONS = ("none", "bias", "lsq", "lsq-seq", "block")
 
 
 @dataclass
@@ -51,7 +51,7 @@ class PruneOptions:
     parity: bool = True
     parity_feeds: list = field(default_factory=list)
     calib: list = field(default_factory=list)  # feed dicts for data-driven criteria
-    reconstruct: str = "none"  # "bias" (FLAP) or "lsq" (least squares); needs calib
+    reconstruct: str = "none"  # one of RECONSTRUCTIONS; all but "none" need calib
     damping: float = 0.01  # lsq / obs: ridge on Σ_KK / H, relative to its mean diagonal
     target_macs: float | None = None  # keep this fraction of the MACs (within 2%)
     target_params: float | None = None  # keep this fraction of the parameters
@@ -118,6 +118,9 @@ def prune_model(
     reference = masked_reference(removal) if opts.parity else None
     if opts.reconstruct == "lsq-seq":
         updates = layerwise_updates(removal, model, opts.calib, opts.damping)
+    elif opts.reconstruct == "block":  # one-shot lsq, then MLP blocks refined layer by layer
+        start = plan_updates(removal, acts, "lsq", opts.damping)
+        updates = layerwise_updates(removal, model, opts.calib, opts.damping, start)
     elif opts.reconstruct != "none":
         updates = plan_updates(removal, acts, opts.reconstruct, opts.damping)
     else:
@@ -180,9 +183,9 @@ def _activations(model, analysis: Analysis, opts: PruneOptions, scoring: bool):
     scoring_data = scoring and (
         opts.criterion in DATA_CRITERIA or (opts.criterion == "obs" and bool(opts.calib))
     )
-    if not (scoring_data or opts.reconstruct in ("bias", "lsq")):
+    if not (scoring_data or opts.reconstruct in ("bias", "lsq", "block")):
         return None  # lsq-seq captures its own statistics, wave by wave
-    gram = opts.reconstruct == "lsq" or opts.criterion == "obs"
+    gram = opts.reconstruct in ("lsq", "block") or opts.criterion == "obs"
     targets = calibration_targets(analysis, width=opts.hidden > 0)
     return capture(model, opts.calib, targets, gram=gram)
 

@@ -30,6 +30,7 @@ from .reconstruct import (
     refittable,
     regression,
 )
+from .reconstruct_block import block_updates, find_block
 from .removal import Removal
 
 log = logging.getLogger(__name__)
@@ -63,9 +64,10 @@ def waves(graph: gs.Graph, contractions: list) -> list[list]:
     return out
 
 
-def _apply_full_size(copy: gs.Graph, node: gs.Node, up: Update, kept: np.ndarray) -> None:
+def _apply_full_size(copy: gs.Graph, node: gs.Node, up: Update, removal: Removal) -> None:
     """Apply ``up`` to the masked copy's ``node`` (tensors at their original sizes)."""
     if up.weight is not None:
+        kept = _kept_rows(removal, up)
         w = node.inputs[up.slot]
         delta = np.zeros(w.values.shape)
         np.moveaxis(delta, up.axis, 0)[kept] = np.moveaxis(up.weight, up.axis, 0)
@@ -73,10 +75,28 @@ def _apply_full_size(copy: gs.Graph, node: gs.Node, up: Update, kept: np.ndarray
     add_to_outputs(copy, node, up.bias)
 
 
+def _kept_rows(removal: Removal, up: Update) -> np.ndarray:
+    """The rows of ``up.node``'s weight (along ``up.axis``) that survive the removal."""
+    size = up.node.inputs[up.slot].values.shape[up.axis]
+    d = removal.analysis.space.index.get(("const", id(up.node), up.slot, up.axis))
+    return np.arange(size) if d is None else np.setdiff1d(np.arange(size), removal.of_dim(d))
+
+
 def layerwise_updates(
-    removal: Removal, original: onnx.ModelProto, feeds: list[dict], damping: float
+    removal: Removal,
+    original: onnx.ModelProto,
+    feeds: list[dict],
+    damping: float,
+    start: list[Update] | None = None,
 ) -> list[Update]:
-    contractions = [c for c in removal.analysis.contractions if refittable(c, removal)]
+    """lsq-seq's updates. Given ``start`` (one-shot lsq's updates), those are kept for every
+    consumer and only the MLP blocks are refined, layer by layer (``--reconstruct block``)."""
+    given = {id(up.node): up for up in start} if start is not None else None
+    contractions = [
+        c
+        for c in removal.analysis.contractions
+        if refittable(c, removal) and (given is None or id(c.node) in given)
+    ]
     if not contractions:
         return []
     copy, node_map = masked_graph(removal)
@@ -84,17 +104,36 @@ def layerwise_updates(
     runs = waves(removal.analysis.graph, contractions)
     for k, wave in enumerate(runs):
         current = gs.export_onnx(copy, do_type_check=False)
-        stats = capture_joint(current, original, feeds, [(c.act.tensor, c.act.axis) for c in wave])
-        for c in wave:
-            st = stats[c.act.tensor, c.act.axis]
-            cov = st.x.covariance
-            kept = np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
-            a, shift = regression(
-                cov[kept][:, kept], st.cov_xy[kept], st.x.mean[kept], st.mean_y, kept, damping
-            )
-            up = make_update(c, kept, a, shift)
-            _apply_full_size(copy, node_map[id(c.node)], up, kept)
-            out.append(up)
+        if given is None:
+            fitted = _regressions(wave, removal, current, original, feeds, damping)
+            wave_updates = [up for _, up in fitted]
+        else:
+            fitted = [(c, given[id(c.node)]) for c in wave]
+            found = [(c, find_block(c, removal), up) for c, up in fitted]
+            found = [f for f in found if f[1] is not None]
+            done = {id(c) for c, _, _ in found}
+            wave_updates = [up for c, up in fitted if id(c) not in done]
+            if found:
+                wave_updates += block_updates(found, removal, current, original, feeds)
+        for up in wave_updates:
+            _apply_full_size(copy, node_map[id(up.node)], up, removal)
+        out += wave_updates
         copy.toposort()
-        log.info("lsq-seq: wave %d/%d refitted %d consumers", k + 1, len(runs), len(wave))
+        log.info("layer by layer: wave %d/%d, %d consumers", k + 1, len(runs), len(wave))
     return out
+
+
+def _regressions(wave, removal, current, original, feeds, damping) -> list[tuple]:
+    """lsq-seq: each consumer's original input regressed on the kept inputs ``current``
+    delivers."""
+    stats = capture_joint(current, original, feeds, [(c.act.tensor, c.act.axis) for c in wave])
+    fitted = []
+    for c in wave:
+        st = stats[c.act.tensor, c.act.axis]
+        cov = st.x.covariance
+        kept = np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
+        a, shift = regression(
+            cov[kept][:, kept], st.cov_xy[kept], st.x.mean[kept], st.mean_y, kept, damping
+        )
+        fitted.append((c, make_update(c, kept, a, shift)))
+    return fitted
