@@ -36,6 +36,16 @@ class Update:
     weight: np.ndarray | None  # added to the kept rows (lsq), other axes at original size
 
 
+def full_delta(up: Update, removal: Removal) -> np.ndarray:
+    """``up.weight`` scattered into the weight's original shape (zeros on removed rows)."""
+    size = up.node.inputs[up.slot].values.shape[up.axis]
+    d = removal.analysis.space.index.get(("const", id(up.node), up.slot, up.axis))
+    kept = np.arange(size) if d is None else np.setdiff1d(np.arange(size), removal.of_dim(d))
+    delta = np.zeros(up.node.inputs[up.slot].values.shape)
+    np.moveaxis(delta, up.axis, 0)[kept] = np.moveaxis(up.weight, up.axis, 0)
+    return delta
+
+
 def _weight_output_axis(node: gs.Node) -> int | None:
     """Axis of the weight that indexes output channels."""
     if node.op == "Conv":

@@ -38,7 +38,7 @@ from graphprune.analysis.context import tensor_shape
 from graphprune.calibration import capture_rows, session
 from graphprune.depth import residual_path
 
-from .reconstruct import Update
+from .reconstruct import Update, full_delta
 from .removal import Removal
 
 log = logging.getLogger(__name__)
@@ -55,43 +55,73 @@ EPOCHS, BATCH, STEP = 16, 512, 2e-4
 
 @dataclass
 class MlpBlock:
-    """``h = f(x @ W1 + b1)`` feeding ``consumer`` (``h @ W2``)."""
+    """``h = f(x @ W1 + b1)`` feeding the consumer (``h @ W2``)."""
 
-    producer: gs.Node  # MatMul x @ W1 (constant 2-D W1)
-    bias: np.ndarray  # b1 (zeros where there is no bias Add)
+    producer: gs.Node  # MatMul or Gemm with a constant 2-D weight
+    w1: np.ndarray  # as (in, out)
+    bias: np.ndarray  # b1: the producer's own bias plus any bias Add, zeros if none
     z: gs.Tensor  # x @ W1 + b1
     region: list[gs.Node]  # the elementwise nodes z -> h
     h: gs.Tensor
+    w2: np.ndarray  # the consumer's weight as (in, out)
+    own_bias: np.ndarray  # what the consumer itself adds (a Gemm's C), zeros if nothing
     residual: str | None  # the residual stream the consumer's output is added to
 
 
+def _linear(node: gs.Node):
+    """``(W as (in, out), bias)`` of a MatMul or a Gemm (alpha 1, A not transposed) with a
+    constant 2-D weight, or None."""
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if not isinstance(w, gs.Constant) or w.values.ndim != 2:
+        return None
+    values = np.asarray(w.values, np.float64)
+    if node.op == "MatMul" and len(node.inputs) == 2:
+        return values, np.zeros(values.shape[1])
+    if node.op != "Gemm" or float(node.attrs.get("alpha", 1.0)) != 1.0 or node.attrs.get("transA"):
+        return None
+    values = values.T if node.attrs.get("transB") else values
+    bias = np.zeros(values.shape[1])
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        c = node.inputs[2]
+        if not isinstance(c, gs.Constant) or c.values.size not in (1, values.shape[1]):
+            return None
+        bias += float(node.attrs.get("beta", 1.0)) * np.asarray(c.values, np.float64).reshape(-1)
+    return values, bias
+
+
+def _in_axis(node: gs.Node) -> int:
+    """The contracted axis of the node's weight (input 1)."""
+    return 1 if node.op == "Gemm" and node.attrs.get("transB") else 0
+
+
 def _producer(t: gs.Tensor):
-    """``(MatMul node, bias vector or None)`` if ``t`` is ``x @ W (+ b)`` with constants."""
+    """``(node, W1 as (in, out), b1)`` if ``t`` is ``x @ W1 + b1`` with constants."""
     if not t.inputs:
         return None
-    node = t.inputs[0]
-    bias = None
+    node, extra = t.inputs[0], 0.0
     if node.op == "Add":
         consts = [i for i in node.inputs if isinstance(i, gs.Constant)]
         others = [i for i in node.inputs if not isinstance(i, gs.Constant)]
         if len(consts) != 1 or len(others) != 1 or not others[0].inputs:
             return None
-        bias, node = consts[0].values, others[0].inputs[0]
-        if len(others[0].outputs) != 1:
+        if (
+            len(others[0].outputs) != 1
+            or consts[0].values.ndim > 1
+            and consts[0].values.shape[:-1] != (1,) * (consts[0].values.ndim - 1)
+        ):
             return None
-    w = node.inputs[1] if node.op == "MatMul" and len(node.inputs) == 2 else None
-    if not isinstance(w, gs.Constant) or w.values.ndim != 2:
+        extra, node = np.asarray(consts[0].values, np.float64).reshape(-1), others[0].inputs[0]
+    lin = _linear(node)
+    if lin is None or np.size(extra) not in (1, lin[0].shape[1]):
         return None
-    width = w.values.shape[1]
-    if bias is not None and (bias.size != width or bias.ndim > 1 and bias.shape[-1] != width):
-        return None
-    return node, None if bias is None else np.asarray(bias, np.float64).reshape(-1)
+    return node, lin[0], lin[1] + extra
 
 
 def find_block(c, removal: Removal) -> MlpBlock | None:
-    """The MLP block around contraction ``c`` (a 2-D MatMul weight), or None."""
+    """The MLP block around contraction ``c`` (a MatMul or Gemm consumer), or None."""
     node = c.node
-    if node.op != "MatMul" or c.slot != 1 or c.axis != 0 or len(node.inputs) != 2:
+    consumer = _linear(node)
+    if consumer is None or c.slot != 1 or c.axis != _in_axis(node):
         return None
     h = node.inputs[0]
     region: list[gs.Node] = []
@@ -125,20 +155,23 @@ def find_block(c, removal: Removal) -> MlpBlock | None:
     if z is None or not region:
         return None
     inside = {id(n) for n in region}
+    outputs = {t.name for t in removal.analysis.graph.outputs}
     for n in region:  # nothing inside leaks out, except h into the consumer
         for o in n.outputs:
             users = [u for u in o.outputs if id(u) not in inside]
-            if users and (o is not h or users != [node]):
+            if (
+                o.name in outputs
+                or any(u is not node for u in users if o is h)
+                or (users and o is not h)
+            ):
                 return None
-    if any(id(u) not in inside for u in z.outputs):
+    if z.name in outputs or any(id(u) not in inside for u in z.outputs):
         return None
-    producer, bias = _producer(z)
-    x = producer.inputs[0]
-    width = producer.inputs[1].values.shape[1]
+    producer, w1, bias = _producer(z)
+    width = w1.shape[1]
     removed = removal.of_dim(c.dim)
     if (
         not np.array_equal(removal.removed(z, len(tensor_shape(z) or (0,)) - 1), removed)
-        or len(removal.removed(x, len(tensor_shape(x) or (0,)) - 1))
         or width != c.dim.size
     ):
         return None
@@ -149,8 +182,7 @@ def find_block(c, removal: Removal) -> MlpBlock | None:
         residual = next(i.name for i in add.inputs if i is not cur)
     order = {id(n): k for k, n in enumerate(removal.analysis.graph.nodes)}
     region.sort(key=lambda n: order[id(n)])
-    bias = np.zeros(width) if bias is None else bias
-    return MlpBlock(producer, bias, z, region, h, residual)
+    return MlpBlock(producer, w1, bias, z, region, h, *consumer, residual)
 
 
 def _activation(block: MlpBlock, opset: list, dtype) -> callable:
@@ -250,9 +282,12 @@ def block_updates(
     current: onnx.ModelProto,
     original: onnx.ModelProto,
     feeds: list[dict],
+    earlier: list[Update],
 ) -> list[Update]:
     """Refine each ``(contraction, block, lsq update of the contraction)`` of one wave;
-    the updates of the consumer (replacing lsq's) and of the producer."""
+    the updates of the consumer (replacing lsq's) and of the producer. ``earlier``: the
+    updates already made, a producer's own refit (as the consumer of an earlier layer's
+    removed units) among them: refinement starts from it."""
     cur_names, orig_names = [], []
     for c, b, _up in blocks:
         extra = [b.residual] if b.residual else []
@@ -265,27 +300,38 @@ def block_updates(
     out = []
     for c, b, up in blocks:
         kept = np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
-        w1_full = np.asarray(b.producer.inputs[1].values, np.float64)
-        w2_full = np.asarray(c.node.inputs[1].values, np.float64)
-        w2 = w2_full[kept] + up.weight if up.weight is not None else w2_full[kept]
+        x_name = b.producer.inputs[0].name
+        x_in = b.producer.inputs[0]
+        gone = removal.removed(x_in, len(tensor_shape(x_in) or (0,)) - 1)
+        rows = np.setdiff1d(np.arange(b.w1.shape[0]), gone)
+        w1_now, b1_now = b.w1.copy(), b.bias.copy()
+        axis = _in_axis(b.producer)
+        for e in earlier:
+            if e.node is b.producer:
+                delta = full_delta(e, removal) if e.weight is not None else 0.0
+                w1_now += delta.T if axis and e.weight is not None else delta
+                b1_now += e.bias
+        w2 = b.w2[kept]
+        if up.weight is not None:
+            w2 = w2 + np.moveaxis(up.weight, c.axis, 0)
         params = [
-            w1_full[:, kept].astype(np.float32),
-            b.bias[kept].astype(np.float32),
+            w1_now[rows][:, kept].astype(np.float32),
+            b1_now[kept].astype(np.float32),
             w2.astype(np.float32),
             up.bias.astype(np.float32),
         ]
-        target = orig[c.node.outputs[0].name]
+        target = orig[c.node.outputs[0].name] - b.own_bias.astype(np.float32)
         if b.residual:
             target = target + orig[b.residual] - cur[b.residual]
         dtype = b.z.dtype or np.float32
-        x = cur[b.producer.inputs[0].name]
+        x = np.ascontiguousarray(cur[x_name][:, rows])
         before, after = refine(x, target, params, _activation(b, opset, dtype), EPOCHS, STEP)
         log.info("block: %s held-out error %.4g -> %.4g", c.node.name, before, after)
         w1, b1, w2_new, b2 = (p.astype(np.float64) for p in params)
-        d1 = np.zeros_like(w1_full)
-        d1[:, kept] = w1 - w1_full[:, kept]
+        d1 = np.zeros((len(rows), c.dim.size))
+        d1[:, kept] = w1 - w1_now[rows][:, kept]
         db1 = np.zeros(c.dim.size)
-        db1[kept] = b1 - b.bias[kept]
-        out.append(Update(b.producer, 1, 0, db1, d1))
-        out.append(Update(c.node, c.slot, c.axis, b2, w2_new - w2_full[kept]))
+        db1[kept] = b1 - b1_now[kept]
+        out.append(Update(b.producer, 1, axis, db1, d1.T if axis else d1))
+        out.append(Update(c.node, c.slot, c.axis, b2, np.moveaxis(w2_new - b.w2[kept], 0, c.axis)))
     return out

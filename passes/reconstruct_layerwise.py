@@ -26,6 +26,7 @@ from .reconstruct import (
     Update,
     add_to_outputs,
     add_to_weight,
+    full_delta,
     make_update,
     refittable,
     regression,
@@ -67,19 +68,8 @@ def waves(graph: gs.Graph, contractions: list) -> list[list]:
 def _apply_full_size(copy: gs.Graph, node: gs.Node, up: Update, removal: Removal) -> None:
     """Apply ``up`` to the masked copy's ``node`` (tensors at their original sizes)."""
     if up.weight is not None:
-        kept = _kept_rows(removal, up)
-        w = node.inputs[up.slot]
-        delta = np.zeros(w.values.shape)
-        np.moveaxis(delta, up.axis, 0)[kept] = np.moveaxis(up.weight, up.axis, 0)
-        add_to_weight(node, up.slot, delta)
+        add_to_weight(node, up.slot, full_delta(up, removal))
     add_to_outputs(copy, node, up.bias)
-
-
-def _kept_rows(removal: Removal, up: Update) -> np.ndarray:
-    """The rows of ``up.node``'s weight (along ``up.axis``) that survive the removal."""
-    size = up.node.inputs[up.slot].values.shape[up.axis]
-    d = removal.analysis.space.index.get(("const", id(up.node), up.slot, up.axis))
-    return np.arange(size) if d is None else np.setdiff1d(np.arange(size), removal.of_dim(d))
 
 
 def layerwise_updates(
@@ -114,7 +104,7 @@ def layerwise_updates(
             done = {id(c) for c, _, _ in found}
             wave_updates = [up for c, up in fitted if id(c) not in done]
             if found:
-                wave_updates += block_updates(found, removal, current, original, feeds)
+                wave_updates += block_updates(found, removal, current, original, feeds, out)
         for up in wave_updates:
             _apply_full_size(copy, node_map[id(up.node)], up, removal)
         out += wave_updates
