@@ -10,77 +10,20 @@ the sizes of its axes, so each is its original cost times the kept fraction of t
 from __future__ import annotations
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
-from .analysis.context import tensor_shape
 from .analysis.groups import Analysis
+from .cost import CostModel
 from .errors import PlanError, UsageError
 from .plan import GroupPlan, Plan, make_plan, removed_labels
 
 TOLERANCE = 0.02
 
 
-class CostModel:
-    """MACs and parameters of a plan, as products of kept fractions of the dims."""
-
-    def __init__(self, analysis: Analysis):
-        self.analysis = analysis
-        space = analysis.space
-        self.sizes = np.array([d.size for d in space.dims], dtype=np.float64)
-        self.bases = np.array([d.base for d in space.dims], dtype=np.int64)
-        self.macs_terms: list[tuple[float, list[int]]] = []
-        contracted = {id(c.node): c.act for c in analysis.contractions if c.act is not None}
-        for node in analysis.graph.nodes:
-            if node.op not in ("Conv", "Gemm", "MatMul") or not node.outputs:
-                continue
-            out = node.outputs[0]
-            shape = tensor_shape(out)
-            if shape is None:
-                continue
-            act = contracted.get(id(node))
-            if node.op == "Conv":  # out elements x (Cin/group) x kernel
-                w = node.inputs[1]
-                if not isinstance(w, gs.Constant):
-                    continue
-                k = float(np.prod(w.values.shape[1:]))
-            else:  # out elements x K
-                k = float(act.size) if act is not None else 0.0
-            dims = [
-                space.index[("act", out.name, ax)].id
-                for ax in range(len(shape))
-                if ("act", out.name, ax) in space.index
-            ]
-            if act is not None:
-                dims.append(act.id)  # group == 1: the contracted channels scale it too
-            known = float(np.prod([s if s is not None else 1 for s in shape]))
-            self.macs_terms.append((known * k, dims))
-        by_tensor: dict[str, tuple[float, list[int]]] = {}
-        for d in space.dims:
-            t = d.node.inputs[d.slot] if d.kind == "const" else None
-            if isinstance(t, gs.Constant) and t.values.dtype.kind == "f":
-                size, dims = by_tensor.get(t.name, (float(t.values.size), []))
-                if all(space.dims[x].axis != d.axis for x in dims):
-                    dims.append(d.id)
-                by_tensor[t.name] = (size, dims)
-        self.param_terms = list(by_tensor.values())
-
-    @staticmethod
-    def _conv_k(node: gs.Node) -> float:
-        w = node.inputs[1]
-        return float(np.prod(w.values.shape[1:])) if isinstance(w, gs.Constant) else 1.0
-
-    def _kept(self, labels_removed: np.ndarray) -> np.ndarray:
-        mask = np.isin(self.analysis.labels, labels_removed).astype(np.float64)
-        removed = np.add.reduceat(mask, self.bases) if len(mask) else np.zeros(0)
-        return (self.sizes - removed) / self.sizes
-
-    def cost(self, plan: Plan, what: str) -> float:
-        if what == "units":
-            total = sum(g.units for g in self.analysis.prunable)
-            return float(total - sum(len(gp.remove) for gp in plan.groups))
-        kept = self._kept(removed_labels(plan, self.analysis))
-        terms = self.macs_terms if what == "macs" else self.param_terms
-        return float(sum(c * np.prod(kept[dims]) for c, dims in terms))
+def _price(model: CostModel, plan: Plan, what: str) -> float:
+    if what == "units":
+        total = sum(g.units for g in model.analysis.prunable)
+        return float(total - sum(len(gp.remove) for gp in plan.groups))
+    return model.cost(removed_labels(plan, model.analysis), what)
 
 
 def global_plan(
@@ -181,7 +124,7 @@ def plan_for_target(
     if not 0.0 < target <= 1.0:
         raise UsageError(f"the {what} target must be in (0, 1], got {target}")
     model = CostModel(analysis)
-    full = model.cost(Plan(), what)
+    full = _price(model, Plan(), what)
     if full <= 0:
         raise PlanError(f"the model has no {what} that pruning can reduce")
     ratios = dict(ratios or {})
@@ -204,7 +147,7 @@ def plan_for_target(
     for _ in range(50):
         mid = (lo + hi) / 2
         plan = make(mid)
-        kept = model.cost(plan, what) / full
+        kept = _price(model, plan, what) / full
         if abs(kept - target) < best_err:
             best, best_err = plan, abs(kept - target)
         if abs(kept - target) <= TOLERANCE * target:
@@ -216,9 +159,9 @@ def plan_for_target(
     if best_err > TOLERANCE * target:  # too coarse: step one unit at a time from above
         goal, floor = target * (1 + TOLERANCE) * full, target * (1 - TOLERANCE) * full
         best = _refine(analysis, model, scores, above, what, goal, floor, min_keep, skip)
-        best_err = abs(model.cost(best, what) / full - target)
+        best_err = abs(_price(model, best, what) / full - target)
     if best_err > TOLERANCE * target:
-        reached = model.cost(best, what) / full
+        reached = _price(model, best, what) / full
         raise PlanError(
             f"{what} target {target}: the closest plan keeps {reached:.3f} "
             "(frozen groups, --min-keep or --round-to limit it)"
@@ -258,7 +201,7 @@ def _refine(
 
     current = build()
     for _ in range(256):
-        if model.cost(current, what) <= goal:
+        if _price(model, current, what) <= goal:
             return current
         candidates = []  # the next unit of every group, by score
         for g in prunable:
@@ -270,7 +213,7 @@ def _refine(
         for _, key, u in sorted(candidates):
             removed[key].add(u)
             trial = build()
-            if model.cost(trial, what) >= floor:
+            if _price(model, trial, what) >= floor:
                 current = trial
                 break
             removed[key].discard(u)
