@@ -17,15 +17,18 @@ import numpy as np
 import onnx
 
 from .errors import CalibrationError
-from .evaluate import load_npz, model_batches
+from .evaluate import check_arrays, load_npz, model_batches
 from .validate import session
 
 log = logging.getLogger(__name__)
 
 
 def calibration_feeds(source, model: onnx.ModelProto, batch: int = 16) -> list[dict]:
-    """Feed dicts for ``model`` from a path (.npz file or directory of them) or an
-    iterable of feed dicts."""
+    """Feed dicts for ``model`` from a path (.npz file or directory of them), a dict of
+    arrays (input name -> array, first axis = samples) or an iterable of feed dicts."""
+    if isinstance(source, dict):
+        arrays, _ = check_arrays({k: np.asarray(v) for k, v in source.items()}, model, "calib")
+        return model_batches(model, arrays, size=batch)
     if isinstance(source, str | Path):
         p = Path(source)
         files = sorted(p.glob("*.npz")) if p.is_dir() else [p]

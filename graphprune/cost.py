@@ -12,6 +12,33 @@ import onnx_graphsurgeon as gs
 
 from .analysis.context import tensor_shape
 from .analysis.groups import Analysis
+from .analysis.rules import NodeView, rule_for
+from .analysis.space import ElementSpace
+
+
+def _dim_id(space: ElementSpace, node: gs.Node, ref: tuple) -> int | None:
+    """The space dim a MAC term's ref names, or None when the analysis has no such dim (the
+    term does not scale with it): ``("in", slot, axis)`` is the per-use dim of a constant
+    input or the activation's, ``("out", slot, axis)`` the activation's, ``("virtual",
+    tag)`` the dim the rule's ``link`` made with ``ctx.virtual(tag, ...)``."""
+    if ref[0] == "virtual":
+        key = ("virtual", id(node), ref[1])
+    else:
+        kind, slot, axis = ref
+        tensors = node.inputs if kind == "in" else node.outputs
+        if not 0 <= slot < len(tensors) or tensors[slot].name == "":
+            return None
+        t = tensors[slot]
+        shape = tensor_shape(t)
+        if shape is None or not -len(shape) <= axis < len(shape):
+            return None
+        axis %= len(shape)
+        if kind == "in" and isinstance(t, gs.Constant):
+            key = ("const", id(node), slot, axis)
+        else:
+            key = ("act", t.name, axis)
+    d = space.index.get(key)
+    return None if d is None else d.id
 
 
 class CostModel:
@@ -23,31 +50,13 @@ class CostModel:
         self.sizes = np.array([d.size for d in space.dims], dtype=np.float64)
         self.bases = np.array([d.base for d in space.dims], dtype=np.int64)
         self.macs_terms: list[tuple[float, list[int]]] = []
-        contracted = {id(c.node): c.act for c in analysis.contractions if c.act is not None}
         for node in analysis.graph.nodes:
-            if node.op not in ("Conv", "Gemm", "MatMul") or not node.outputs:
+            rule = rule_for(node)
+            if rule is None:
                 continue
-            out = node.outputs[0]
-            shape = tensor_shape(out)
-            if shape is None:
-                continue
-            act = contracted.get(id(node))
-            if node.op == "Conv":  # out elements x (Cin/group) x kernel
-                w = node.inputs[1]
-                if not isinstance(w, gs.Constant):
-                    continue
-                k = float(np.prod(w.values.shape[1:]))
-            else:  # out elements x K
-                k = float(act.size) if act is not None else 0.0
-            dims = [
-                space.index[("act", out.name, ax)].id
-                for ax in range(len(shape))
-                if ("act", out.name, ax) in space.index
-            ]
-            if act is not None:
-                dims.append(act.id)  # group == 1: the contracted channels scale it too
-            known = float(np.prod([s if s is not None else 1 for s in shape]))
-            self.macs_terms.append((known * k, dims))
+            for term in rule.macs(NodeView.from_gs(node)):
+                dims = [_dim_id(space, node, ref) for ref in term.scales_with]
+                self.macs_terms.append((float(term.macs), [d for d in dims if d is not None]))
         by_tensor: dict[str, tuple[float, list[int]]] = {}
         for d in space.dims:
             t = d.node.inputs[d.slot] if d.kind == "const" else None

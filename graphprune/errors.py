@@ -41,3 +41,14 @@ class CalibrationError(GraphpruneError):
     """Calibration / evaluation data is missing, empty or does not fit the model."""
 
     exit_code = 7
+
+
+class PassFailed(GraphpruneError):
+    """An unexpected error inside a rewrite pass (a bug): reported with the pass name."""
+
+    exit_code = 1
+
+    def __init__(self, pass_name: str, error: Exception):
+        super().__init__(f"internal error in pass {pass_name}: {type(error).__name__}: {error}")
+        self.pass_name = pass_name
+        self.error = error

@@ -19,6 +19,19 @@ def load_npz(path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.nd
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError) as e:
         raise CalibrationError(f"{p}: cannot read as .npz ({e})") from e
+    return check_arrays(arrays, model, str(p))
+
+
+def load_data(source, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+    """Evaluation data from a path (.npz) or a dict of arrays (input name -> array, first
+    axis = samples, optional ``labels``)."""
+    if isinstance(source, dict):
+        return check_arrays({k: np.asarray(v) for k, v in source.items()}, model, "data")
+    return load_npz(source, model)
+
+
+def check_arrays(arrays: dict, model: onnx.ModelProto, p: str):
+    """One array per graph input with the same number of samples, and optional labels."""
     init_names = {t.name for t in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in init_names]
     missing = [n for n in inputs if n not in arrays]

@@ -1,4 +1,6 @@
-"""Weight-based importance: score every unit of a group by aggregating, over the group's
+"""Importance measures (the criteria in ``graphprune.criteria`` are built on them).
+
+Weight-based importance: score every unit of a group by aggregating, over the group's
 weight matrices and kernels (producer rows, consumer columns), the norm of the slice that
 unit owns. Each carrier's scores are mean-normalised first so no layer dominates.
 Vectors (biases, norm scales) are left out: their magnitude says little about a unit's
@@ -14,14 +16,9 @@ import onnx_graphsurgeon as gs
 from .analysis.context import Contraction
 from .analysis.groups import Analysis, Group
 from .calibration import Activations
-from .errors import UsageError
-from .knockout import MAX_UNITS, knockout_scores
 
 log = logging.getLogger(__name__)
 
-#: weight-only criteria, then those that need calibration statistics
-CRITERIA = ("l1", "l2", "random", "activation", "wanda", "flap", "knockout", "obs")
-DATA_CRITERIA = ("activation", "wanda", "flap", "knockout")  # obs also runs without data
 DAMPING = 0.01
 
 
@@ -83,26 +80,18 @@ def calibration_targets(analysis: Analysis, width: bool = False) -> list[tuple[s
 
 
 def activation_scores(
-    group: Group, analysis: Analysis, criterion: str, acts: Activations
+    group: Group, analysis: Analysis, measure, acts: Activations
 ) -> list[np.ndarray]:
-    """Per contraction point, a score per unit (mean-normalised):
-    ``activation`` (Minitron): mean |X_j|; ``wanda``: Σ|W_ij| · ‖X_j‖₂;
-    ``flap``: Var(X_j) · ‖W_:j‖₂²; ``knockout`` (local): E[X_j²] · ‖W_:j‖₂², the change
-    removing j causes at the consumer's output — X_j the activation entering column j."""
+    """Per contraction point, a score per unit (mean-normalised): ``measure(w, axis, st)``
+    gives one value per input index j of the consumer, from its weight ``w`` contracted on
+    ``axis`` and the statistics ``st`` of the activation entering it (see the criteria)."""
     parts = []
     for c in contraction_points(group, analysis):
         st = acts.get(c.act.tensor, c.act.axis)
         w = c.node.inputs[c.slot]
         if st is None or not isinstance(w, gs.Constant):
             continue
-        if criterion == "activation":
-            per_index = st.mean_abs
-        elif criterion == "wanda":
-            per_index = slice_norms(np.asarray(w.values), c.axis, 1) * np.sqrt(st.squares)
-        elif criterion == "flap":
-            per_index = slice_norms(np.asarray(w.values), c.axis, 2) ** 2 * st.variance
-        else:  # knockout, measured at the consumer
-            per_index = slice_norms(np.asarray(w.values), c.axis, 2) ** 2 * st.mean_square
+        per_index = measure(np.asarray(w.values), c.axis, st)
         units = unit_index(group, analysis.labels[c.dim.base : c.dim.base + c.dim.size])
         keep = units >= 0
         score = np.bincount(units[keep], weights=per_index[keep], minlength=group.units)
@@ -141,50 +130,3 @@ def obs_scores(
         mean = score.mean()
         parts.append(score / mean if mean > 0 else score)
     return parts
-
-
-def score_group(
-    group: Group,
-    analysis: Analysis,
-    criterion: str,
-    rng: np.random.Generator,
-    acts: Activations | None = None,
-    knockout: tuple | None = None,
-    damping: float = DAMPING,
-) -> np.ndarray:
-    """``knockout`` = (calibration feeds, the original model's outputs on them); ``damping``
-    is OBS's ridge on H, relative to its mean diagonal."""
-    if criterion == "random":
-        return rng.random(group.units)
-    if criterion not in CRITERIA:
-        raise UsageError(f"unknown criterion {criterion!r} (choose from {', '.join(CRITERIA)})")
-    if criterion == "obs":
-        parts = obs_scores(group, analysis, acts, damping)
-        if parts:
-            return np.sum(parts, axis=0)
-    if criterion == "knockout" and knockout is not None and group.units <= MAX_UNITS:
-        return knockout_scores(group, analysis, *knockout)
-    if criterion in DATA_CRITERIA:
-        if acts is None:
-            raise UsageError(f"--criterion {criterion} needs calibration data (--calib)")
-        parts = activation_scores(group, analysis, criterion, acts)
-        if parts:
-            return np.sum(parts, axis=0)
-        log.info("group %s has no measured consumer; scoring it by L2", group.key)
-    parts = carrier_scores(group, analysis, 1 if criterion == "l1" else 2)
-    return np.sum(parts, axis=0) if parts else np.zeros(group.units)
-
-
-def score_groups(
-    analysis: Analysis,
-    criterion: str = "l2",
-    seed: int = 0,
-    acts: Activations | None = None,
-    knockout: tuple | None = None,
-    damping: float = DAMPING,
-    width: bool = False,
-) -> dict[int, np.ndarray]:
-    """Scores of every group ``scored_groups(analysis, width)`` returns."""
-    rng = np.random.default_rng(seed)
-    groups = scored_groups(analysis, width)
-    return {g.id: score_group(g, analysis, criterion, rng, acts, knockout, damping) for g in groups}

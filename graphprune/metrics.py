@@ -1,22 +1,72 @@
-"""Model size and compute: parameters, bytes, and MACs counted per op from static shapes
-(symbolic axes count as 1)."""
+"""Model size and compute: parameters, bytes, and MACs counted per node by its op rule
+(``OpRule.macs``, the count the cost model prices plans with) from static shapes; symbolic,
+unknown or non-positive axes count as 1."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
+
+from .analysis.rules import NodeView
+from .analysis.rules.registry import rule_for_op
 
 
-def _shape_map(model: onnx.ModelProto) -> dict[str, list[int]]:
-    shapes = {}
+def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Static shape of every tensor the proto sizes: graph inputs, value_info, outputs,
+    initializers and Constant nodes (``None`` for unknown axes)."""
+    shapes: dict[str, tuple[int | None, ...]] = {}
     g = model.graph
     for vi in list(g.input) + list(g.value_info) + list(g.output):
         t = vi.type.tensor_type
         if t.HasField("shape"):
-            shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in t.shape.dim]
+            shapes[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                for d in t.shape.dim
+            )
     for init in g.initializer:
-        shapes[init.name] = list(init.dims)
+        shapes[init.name] = tuple(int(d) for d in init.dims)
+    for name, shape, _ in _constant_nodes(model):
+        shapes[name] = shape
     return shapes
+
+
+def _constant_nodes(model: onnx.ModelProto):
+    """``(output name, shape, value getter)`` of the graph's Constant nodes that hold a
+    tensor or numbers (the getter, so large values are never converted)."""
+    for n in model.graph.node:
+        if n.op_type != "Constant" or not n.output:
+            continue
+        for a in n.attribute:
+            if a.name == "value":
+                yield n.output[0], tuple(int(d) for d in a.t.dims), lambda a=a: _array(a.t)
+            elif a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+                value = np.asarray(onnx.helper.get_attribute_value(a))
+                yield n.output[0], value.shape, lambda v=value: v
+
+
+def _array(t: onnx.TensorProto) -> np.ndarray | None:
+    try:
+        return numpy_helper.to_array(t)
+    except (ValueError, TypeError, OSError):  # external data not loaded: value unknown
+        return None
+
+
+def _small_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Values of the small constants (what ``NodeView.value`` shows a rule)."""
+    small = NodeView.SMALL_CONST
+    found = [
+        (init.name, lambda t=init: _array(t))
+        for init in model.graph.initializer
+        if int(np.prod(init.dims)) <= small
+    ]
+    found += [(name, get) for name, shape, get in _constant_nodes(model) if np.prod(shape) <= small]
+    values = {}
+    for name, get in found:
+        value = get()
+        if value is not None:
+            values[name] = value
+    return values
 
 
 def count_params(model: onnx.ModelProto) -> int:
@@ -43,51 +93,17 @@ def count_params(model: onnx.ModelProto) -> int:
 
 
 def count_macs(model: onnx.ModelProto) -> int:
+    """Multiply-accumulates of one run: the sum of every node's ``OpRule.macs`` terms, from
+    the shapes the proto carries (run shape inference first). Never negative."""
     shapes = _shape_map(model)
-    total = 0
+    values = _small_values(model)
+    total = 0.0
     for n in model.graph.node:
-        total += _node_macs(n, shapes)
-    return int(total)
-
-
-def _attr(node, name, default):
-    for a in node.attribute:
-        if a.name == name:
-            return onnx.helper.get_attribute_value(a)
-    return default
-
-
-def _node_macs(n, shapes) -> int:
-    get = shapes.get
-    if n.op_type in ("Conv", "ConvTranspose"):
-        w, y, x = get(n.input[1]), get(n.output[0]), get(n.input[0])
-        if not (w and y and x):
-            return 0
-        k = int(np.prod(w[2:]))
-        # Conv: each output element sums Cin/g * k products; ConvTranspose: each input
-        # element feeds Cout/g * k outputs. Either way it is weight axis 1 times the kernel.
-        return int(np.prod(y if n.op_type == "Conv" else x)) * w[1] * k
-    if n.op_type == "Gemm":
-        a, y = get(n.input[0]), get(n.output[0])
-        if not (a and y):
-            return 0
-        k = a[0] if _attr(n, "transA", 0) else a[1]
-        return int(np.prod(y)) * k
-    if n.op_type == "MatMul":
-        a, y = get(n.input[0]), get(n.output[0])
-        if not (a and y):
-            return 0
-        return int(np.prod(y)) * a[-1]
-    if n.op_type == "Attention" and len(n.input) > 1:  # com.microsoft fused attention
-        x, w = get(n.input[0]), get(n.input[1])
-        if not (x and w) or len(x) != 3:
-            return 0
-        b, s, c = x
-        sizes = _attr(n, "qkv_hidden_sizes", None) or [w[1] // 3] * 3
-        projection = b * s * c * w[1]
-        scores_and_context = b * s * s * (int(sizes[0]) + int(sizes[2]))
-        return projection + scores_and_context
-    return 0
+        rule = rule_for_op(n.domain, n.op_type)
+        if rule is None:
+            continue
+        total += sum(term.macs for term in rule.macs(NodeView.from_proto(n, shapes, values)))
+    return max(int(round(total)), 0)
 
 
 def model_bytes(model: onnx.ModelProto) -> int:

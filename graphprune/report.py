@@ -42,10 +42,13 @@ def build_report(
     *,
     input_path: str = "",
     output_path: str = "",
-    options: dict | None = None,
+    options=None,
     extra: dict | None = None,
 ) -> dict:
+    """The JSON report of ``result``; ``options`` is the PruneOptions it ran with."""
     a = result.analysis
+    if options is not None and not isinstance(options, dict):
+        options = {**options.summary(), "calibration_batches": result.calibration_batches}
     pruned_keys = {gp.key: gp for gp in result.plan.groups}
     rep = {
         "input": input_path,
@@ -73,7 +76,9 @@ def build_report(
         },
         "time_s": round(sum(result.timings.values()), 4),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
+        "passes": [r.to_dict() for r in result.passes],
     }
+    rep.update(result.evaluation)
     rep.update(extra or {})
     return rep
 

@@ -12,16 +12,18 @@ import onnx_graphsurgeon as gs
 
 from graphprune.depth import residual_path
 
-from .base import PassResult
+from .base import Pass, PassContext, PassResult
 from .removal import Removal
 
 _fresh = itertools.count()
 
 
-class DropBlocks:
+class DropBlocks(Pass):
     name = "drop-blocks"
+    requires = ("removal",)
 
-    def run(self, removal: Removal) -> PassResult:
+    def run(self, graph, ctx: PassContext) -> PassResult:
+        removal: Removal = ctx.removal
         dropped = 0
         for node, _slot, _axis, d, _act in removal.analysis.contractions:
             if len(removal.of_dim(d)) < d.size or not node.outputs:
@@ -38,4 +40,4 @@ class DropBlocks:
                 if x is tensor:
                     add.inputs[i] = const
             dropped += 1
-        return PassResult(self.name, dropped > 0, f"{dropped} sub-blocks dropped")
+        return PassResult(dropped > 0, f"{dropped} sub-blocks dropped")

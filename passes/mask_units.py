@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .base import Pass, PassContext, PassResult
 from .removal import Removal
 
 
@@ -45,3 +46,16 @@ def masked_graph(removal: Removal) -> tuple[gs.Graph, dict[int, gs.Node]]:
             target.inputs[slot] = out
     copy.cleanup(remove_unused_graph_inputs=False).toposort()
     return copy, node_map
+
+
+class MaskReference(Pass):
+    """Build the parity reference (the original with the removed units masked); the graph
+    being pruned is not touched."""
+
+    name = "mask-reference"
+    requires = ("removal",)
+
+    def run(self, graph, ctx: PassContext) -> PassResult:
+        ctx.reference = masked_reference(ctx.removal)
+        points = sum(len(ctx.removal.of_dim(c.dim)) > 0 for c in ctx.analysis.contractions)
+        return PassResult(False, f"{points} contraction points masked")

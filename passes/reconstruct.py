@@ -20,7 +20,6 @@ import onnx_graphsurgeon as gs
 
 from graphprune.calibration import Activations
 
-from .base import PassResult
 from .removal import Removal
 
 _fresh = itertools.count()
@@ -106,19 +105,21 @@ def make_update(c, kept: np.ndarray, a: np.ndarray | None, shift: np.ndarray) ->
 
 
 def plan_updates(
-    removal: Removal, acts: Activations, mode: str, damping: float = DAMPING
+    removal: Removal, acts: Activations, regress: bool, damping: float = DAMPING
 ) -> list[Update]:
-    """One update per refittable contraction with statistics, all from the original model."""
+    """One update per refittable contraction with statistics, all from the original model:
+    with ``regress`` (lsq) the removed inputs are regressed on the kept ones, else (bias)
+    each is replaced by its mean."""
     out = []
     for c in removal.analysis.contractions:
         if not refittable(c, removal):
             continue
         st = acts.get(c.act.tensor, c.act.axis)
-        if st is None or (mode == "lsq" and st.gram is None):
+        if st is None or (regress and st.gram is None):
             continue
         removed = removal.of_dim(c.dim)
         kept = np.setdiff1d(np.arange(c.dim.size), removed)
-        if mode == "lsq":
+        if regress:
             cov = st.covariance
             a, shift = regression(
                 cov[kept][:, kept], cov[kept], st.mean[kept], st.mean, kept, damping
@@ -166,29 +167,26 @@ def add_to_outputs(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
     return True
 
 
-class Reconstruct:
-    """Apply the updates to the pruned graph: deltas over original sizes are sliced first."""
+def apply_updates(removal: Removal, updates: list[Update]) -> int:
+    """Apply ``updates`` to the pruned graph (deltas over original sizes are sliced first);
+    return how many consumers changed."""
+    graph = removal.analysis.graph
+    done = 0
+    for up in updates:
+        node = up.node
+        if up.weight is not None:
+            add_to_weight(node, up.slot, _sliced_weight(removal, up))
+        y = node.outputs[0]
+        axis = _output_axis(node) % len(removal.old_shape(y))
+        done += add_to_outputs(graph, node, np.delete(up.bias, removal.removed(y, axis)))
+    return done
 
-    name = "reconstruct"
 
-    def run(self, removal: Removal, updates: list[Update]) -> PassResult:
-        graph = removal.analysis.graph
-        done = 0
-        for up in updates:
-            node = up.node
-            if up.weight is not None:
-                add_to_weight(node, up.slot, self._sliced_weight(removal, up))
-            y = node.outputs[0]
-            axis = _output_axis(node) % len(removal.old_shape(y))
-            done += add_to_outputs(graph, node, np.delete(up.bias, removal.removed(y, axis)))
-        return PassResult(self.name, done > 0, f"{done} consumers reconstructed")
-
-    @staticmethod
-    def _sliced_weight(removal: Removal, up: Update) -> np.ndarray:
-        """The lsq delta of the kept rows, with the weight's other pruned axes sliced too."""
-        delta = up.weight
-        for ax in range(delta.ndim):
-            d = removal.analysis.space.index.get(("const", id(up.node), up.slot, ax))
-            if ax != up.axis and d is not None:
-                delta = np.delete(delta, removal.of_dim(d), axis=ax)
-        return delta
+def _sliced_weight(removal: Removal, up: Update) -> np.ndarray:
+    """The lsq delta of the kept rows, with the weight's other pruned axes sliced too."""
+    delta = up.weight
+    for ax in range(delta.ndim):
+        d = removal.analysis.space.index.get(("const", id(up.node), up.slot, ax))
+        if ax != up.axis and d is not None:
+            delta = np.delete(delta, removal.of_dim(d), axis=ax)
+    return delta

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from graphprune.analysis.rules import rule_for
 
-from .base import PassResult
+from .base import Pass, PassContext, PassResult
 from .removal import Removal
 
 _fresh = itertools.count()
@@ -62,10 +62,12 @@ class RefoldContext:
         self.changed += 1
 
 
-class RefoldCounts:
+class RefoldCounts(Pass):
     name = "refold-counts"
+    requires = ("removal",)
 
-    def run(self, removal: Removal) -> PassResult:
+    def run(self, graph, ctx: PassContext) -> PassResult:
+        removal: Removal = ctx.removal
         rc = RefoldContext(removal)
         for node in list(removal.analysis.graph.nodes):
             rule = rule_for(node)
@@ -75,4 +77,4 @@ class RefoldCounts:
             attrs = dict(node.attrs)
             rule.refold(node, rc)
             rc.changed += node.attrs != attrs
-        return PassResult(self.name, rc.changed > 0, f"{rc.changed} counts re-folded")
+        return PassResult(rc.changed > 0, f"{rc.changed} counts re-folded")

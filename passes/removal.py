@@ -8,6 +8,9 @@ import onnx_graphsurgeon as gs
 from graphprune.analysis.context import tensor_shape
 from graphprune.analysis.groups import Analysis
 from graphprune.analysis.space import Dim
+from graphprune.plan import removed_labels
+
+from .base import Pass, PassContext, PassResult
 
 
 class Removal:
@@ -37,3 +40,15 @@ class Removal:
     def dims_touched(self) -> list[Dim]:
         """Dims that lose at least one index."""
         return [d for d in self.analysis.space.dims if self.mask[d.base : d.base + d.size].any()]
+
+
+class ComputeRemoval(Pass):
+    """What the plan removes, per dim: validated against the analysis, read by every
+    rewrite pass after it."""
+
+    name = "removal"
+
+    def run(self, graph, ctx: PassContext) -> PassResult:
+        ctx.removal = Removal(ctx.analysis, removed_labels(ctx.plan, ctx.analysis))
+        units = sum(len(gp.remove) for gp in ctx.plan.groups)
+        return PassResult(False, f"{units} units of {len(ctx.plan.groups)} groups")

@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .base import PassResult
+from .base import Pass, PassContext, PassResult
 from .removal import Removal
 
 
@@ -19,10 +19,12 @@ def _sliced(values: np.ndarray, cuts: tuple) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-class SliceConstants:
+class SliceConstants(Pass):
     name = "slice-constants"
+    requires = ("removal",)
 
-    def run(self, removal: Removal) -> PassResult:
+    def run(self, graph, ctx: PassContext) -> PassResult:
+        removal: Removal = ctx.removal
         # (node id, slot) -> ((axis, removed idx tuple), ...)
         per_use: dict[tuple, dict[int, tuple]] = defaultdict(dict)
         uses: dict[tuple, tuple] = {}
@@ -33,7 +35,7 @@ class SliceConstants:
             per_use[key][d.axis] = tuple(removal.of_dim(d).tolist())
             uses[key] = (d.node, d.slot)
         if not per_use:
-            return PassResult(self.name, False)
+            return PassResult(False)
         by_const: dict[str, list[tuple]] = defaultdict(list)
         for key, (node, slot) in uses.items():
             by_const[node.inputs[slot].name].append(key)
@@ -59,4 +61,4 @@ class SliceConstants:
                         cache[cuts] = const
                     n_sliced += 1
                 node.inputs[slot] = cache[cuts]
-        return PassResult(self.name, True, f"{n_sliced} initializers sliced")
+        return PassResult(True, f"{n_sliced} initializers sliced")

@@ -222,7 +222,7 @@ def test_obs_without_data_ranks_by_the_consumer_slice():
     """Data-free OBS (H = I): the cost of removing unit j is ‖W2[:, j]‖²."""
     from onnx import numpy_helper
 
-    from graphprune.importance import score_groups
+    from graphprune.criteria import score_groups
     from graphprune.prune import analyze_model
 
     model = _mlp()

@@ -104,7 +104,7 @@ def test_refuses_to_overwrite_input(tmp_path, capsys):
         (["prune", "missing.onnx", "-o", "x.onnx"], 3, "no such file"),
         (["prune", "{garbage}", "-o", "x.onnx"], 3, "not a readable ONNX model"),
         (["prune", "{digits}", "-o", "x.onnx", "--ratio", "1.5"], 2, "--ratio"),
-        (["prune", "{digits}", "-o", "x.onnx", "--criterion", "nope"], 2, "invalid choice"),
+        (["prune", "{digits}", "-o", "x.onnx", "--criterion", "nope"], 2, "must be one of"),
         (["prune", "{digits}", "-o", "x.onnx", "--plan", "{garbage}"], 4, "not a graphprune plan"),
         (["prune", "{digits}", "-o", "x.onnx", "--eval", "{garbage}"], 7, "cannot read"),
         (["frobnicate"], 2, "invalid choice"),
@@ -145,10 +145,10 @@ def test_console_script_runs():
 
 def test_parity_failure_exits_6_and_writes_nothing(tmp_path, monkeypatch, capsys):
     """If the pruned model ever diverges from the masked original, the CLI must say so."""
-    import graphprune.prune as prune_mod
+    import graphprune.passes.mask_units as mask_mod
 
     unmasked = lambda removal: onnx.load(str(DIGITS))  # noqa: E731 - reference not masked
-    monkeypatch.setattr(prune_mod, "masked_reference", unmasked)
+    monkeypatch.setattr(mask_mod, "masked_reference", unmasked)
     out, rep = tmp_path / "x.onnx", tmp_path / "r.json"
     assert main(["prune", str(DIGITS), "-o", str(out), "--json", str(rep)]) == 6
     assert not out.exists()
@@ -226,3 +226,50 @@ def test_readme_main_command_does_what_the_readme_says(tmp_path, capsys):
     assert r["accuracy"]["after"] >= 0.96
     out = capsys.readouterr().out
     assert "parity    approximate" in out and "before reconstruction: exact" in out
+
+
+def test_report_lists_the_passes_in_order(tmp_path):
+    calib = ROOT / "models" / "digits" / "digits_calib.npz"
+    code, r = prune_digits(tmp_path, "--calib", str(calib), "--reconstruct", "lsq")
+    assert code == 0
+    names = [p["name"] for p in r["passes"]]
+    assert names == [
+        "removal",
+        "mask-reference",
+        "fit-lsq",
+        "refold-counts",
+        "slice-constants",
+        "drop-blocks",
+        "export",
+        "parity",
+        "reconstruct-lsq",
+        "export",
+        "parity",
+    ]
+    for p in r["passes"]:
+        assert set(p) == {"name", "seconds", "modified", "detail"} and p["seconds"] >= 0
+    by_name = {p["name"]: p for p in r["passes"]}
+    assert by_name["slice-constants"]["modified"] and by_name["reconstruct-lsq"]["modified"]
+    assert not by_name["removal"]["modified"]
+
+
+def test_an_error_inside_a_pass_names_the_pass(tmp_path, monkeypatch, capsys):
+    from graphprune.errors import RewriteError
+    from graphprune.passes import export, slice_constants
+
+    def broken(self, graph, ctx):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(slice_constants.SliceConstants, "run", broken)
+    out = tmp_path / "x.onnx"
+    assert main(["prune", str(DIGITS), "-o", str(out)]) == 1
+    assert "internal error in pass slice-constants: ValueError: boom" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    def invalid(model, original=None):
+        raise RewriteError("pruned model fails onnx.checker: bad")
+
+    monkeypatch.setattr(export, "check_model", invalid)
+    assert main(["prune", str(DIGITS), "-o", str(out)]) == 5
+    assert "error: export: pruned model fails onnx.checker" in capsys.readouterr().err
+    assert not out.exists()

@@ -1,7 +1,9 @@
 import pytest
 
+from graphprune.allocate import n_remove
 from graphprune.errors import UsageError
-from graphprune.plan import GroupPlan, Plan, n_remove
+from graphprune.options import PruneOptions
+from graphprune.plan import GroupPlan, Plan
 
 
 @pytest.mark.parametrize(
@@ -27,7 +29,5 @@ def test_plan_round_trip(tmp_path):
 
 
 def test_ratio_validation():
-    from graphprune.plan import make_plan
-
-    with pytest.raises(UsageError):
-        make_plan(None, {}, 1.0)
+    with pytest.raises(UsageError, match=r"--ratio must be in \[0, 1\)"):
+        PruneOptions(ratio=1.0)

@@ -8,6 +8,14 @@ from ``width / num_heads`` and runs silently wrong if the count is left stale.
 GroupQueryAttention's unit is a KV head with its ``N/kvN`` query heads.
 Skip/Embed/Simplified LayerNorms only carry the hidden width (approximate, like LayerNorm);
 the Bias* / FastGelu family is elementwise with broadcasting.
+
+MACs of fused attention: the projections whose weights are inputs of the node (Attention's
+packed ``[C, Dq | Dk | Dv]``: B x S x C x (Dq + Dk + Dv)), plus, per head, the scores QKᵀ
+and the context PV, each sequence x total sequence x head size: B x S x T x (Dq + Dv) in
+all. T is the query length, or past + new length where a past (or the present) tells it.
+MultiHeadAttention and GroupQueryAttention take projected Q/K/V (their MatMuls count the
+projections). GQA's scores are those of its ``num_heads`` query heads; T is
+``total_sequence_length`` when it is a constant, else present's (or past + new) length.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import numpy as np
 from ..context import Unsupported
 from .elementwise import link_all_axes, link_broadcast
 from .norm import APPROXIMATE
-from .registry import OpRule, register
+from .registry import MacTerm, NodeView, OpRule, register
 
 MS = "com.microsoft"
 
@@ -26,6 +34,11 @@ def _head_blocks(ctx, d, heads, offset: int, width: int, group: int = 1) -> None
     """Elements ``offset + h*width + j`` of ``d`` belong to unit ``h // group`` of ``heads``."""
     i = np.arange(width * heads.size * group)
     ctx.space.link(d, offset + i, heads, i // width // group)
+
+
+def _batch_seq(node: NodeView) -> tuple[int, int, tuple]:
+    """Batch, sequence length of the query (input 0) and the refs of those two axes."""
+    return node.in_size(0, 0), node.in_size(0, 1), (("in", 0, 0), ("in", 0, 1))
 
 
 def _heads_new_size(node, rc) -> tuple[int, int]:
@@ -76,6 +89,27 @@ class Attention(OpRule):
                 int(s) * new // old for s in node.attrs["qkv_hidden_sizes"]
             ]
 
+    def macs(self, node):
+        x, w = node.in_shape(0), node.in_shape(1)
+        if x is None or w is None or len(x) != 3 or len(w) != 2:
+            return []
+        b, s, refs = _batch_seq(node)
+        width = node.in_size(1, 1)
+        sizes = node.attr("qkv_hidden_sizes") or [width // 3] * 3
+        dq, dv = int(sizes[0]), int(sizes[2])
+        if node.out_known(1, 3):  # present (2, B, N, T, H)
+            t = node.out_size(1, 3)
+        elif node.has_input(4):  # past (2, B, N, P, H)
+            t = node.in_size(4, 3) + s
+        else:
+            t = s
+        heads = ("virtual", "heads")
+        projection = b * s * node.in_size(0, 2) * width
+        return [
+            MacTerm(float(projection), (*refs, ("in", 0, 2), heads)),
+            MacTerm(float(b * s * t * (dq + dv)), (*refs, heads)),
+        ]
+
 
 @register
 class MultiHeadAttention(OpRule):
@@ -114,6 +148,23 @@ class MultiHeadAttention(OpRule):
         old, new = _heads_new_size(node, rc)
         if new != old:
             node.attrs["num_heads"] = new
+
+    def macs(self, node):
+        q = node.in_shape(0)
+        if q is None or len(q) not in (3, 5):
+            return []
+        b, s, refs = _batch_seq(node)
+        # query (B, S, D), or packed Q/K/V (B, S, N, 3, H)
+        d = node.in_size(0, 2) * (node.in_size(0, 4) if len(q) == 5 else 1)
+        dv = node.out_size(0, 2) if node.out_known(0, 2) else d
+        k = node.in_shape(1) if node.has_input(1) else None
+        if node.out_known(1, 2):  # present_key (B, N, T, H)
+            t = node.out_size(1, 2)
+        else:  # key (B, L, D), packed K/V (B, L, N, 2, H) or (B, N, L, H); none: packed QKV
+            t = s if k is None else node.in_size(1, 2 if len(k) == 4 else 1)
+            if node.has_input(6):  # past_key (B, N, P, H)
+                t += node.in_size(6, 2)
+        return [MacTerm(float(b * s * t * (d + dv)), (*refs, ("virtual", "heads")))]
 
 
 @register
@@ -160,6 +211,30 @@ class GroupQueryAttention(OpRule):
             rep = int(node.attrs["num_heads"]) // old
             node.attrs["kv_num_heads"] = new
             node.attrs["num_heads"] = new * rep
+
+    def macs(self, node):
+        n, kv = int(node.attr("num_heads", 0)), int(node.attr("kv_num_heads", 0))
+        q = node.in_shape(0)
+        if n <= 0 or q is None or len(q) != 3:
+            return []
+        b, s, refs = _batch_seq(node)
+        if node.out_known(0, 2):  # output (B, S, N*H)
+            width = node.out_size(0, 2)
+        else:
+            per_head = n if node.has_input(1) else n + 2 * max(kv, 0)
+            width = n * (node.in_size(0, 2) // per_head)
+        total = node.value(6)
+        if total is not None and np.size(total) == 1 and int(np.ravel(total)[0]) > 0:
+            t = int(np.ravel(total)[0])
+        elif node.out_known(1, 2):  # present_key (B, kvN, T, H)
+            t = node.out_size(1, 2)
+        elif node.has_input(3):  # past_key (B, kvN, P, H)
+            t = node.in_size(3, 2) + s
+        else:
+            t = s
+        # N query heads: S x T x H for the scores and as much for the context; the output
+        # width N*H is linked to the query heads whichever unit the analysis chose
+        return [MacTerm(float(2 * b * s * t * width), (*refs, ("out", 0, 2)))]
 
 
 def _link_norm_params(ctx, param_slots, width_dim) -> None:

@@ -1,10 +1,23 @@
-"""Gemm and MatMul: the contracted axis K couples the input features with the weight rows."""
+"""Gemm and MatMul: the contracted axis K couples the input features with the weight rows.
+
+MACs: every output element sums K products, so the count is output elements x K, scaling
+with every output axis and with the contracted axis of input 0.
+"""
 
 from __future__ import annotations
 
 from ..context import Unsupported
 from .elementwise import link_broadcast
-from .registry import OpRule, register
+from .registry import MacTerm, NodeView, OpRule, register
+
+
+def _contraction_macs(node: NodeView, k_axis: int) -> list[MacTerm]:
+    """Output elements x K, K being axis ``k_axis`` of input 0."""
+    y = node.out_shape(0)
+    if y is None or node.in_shape(0) is None:
+        return []
+    refs = tuple(("out", 0, ax) for ax in range(len(y))) + (("in", 0, k_axis),)
+    return [MacTerm(float(node.out_numel(0) * node.in_size(0, k_axis)), refs)]
 
 
 @register
@@ -22,6 +35,9 @@ class Gemm(OpRule):
         ctx.identity(ctx.in_dim(1, b_n), ctx.out_dim(0, 1))
         if ctx.inp(2) is not None:
             link_broadcast(ctx, [2])
+
+    def macs(self, node):
+        return _contraction_macs(node, 0 if int(node.attr("transA", 0)) else 1)
 
 
 @register
@@ -46,3 +62,7 @@ class MatMul(OpRule):
                 if shape[ax] == 1 and y[ax + off] != 1:
                     continue
                 ctx.identity(d, ctx.out_dim(0, ax + off))
+
+    def macs(self, node):
+        a = node.in_shape(0)
+        return [] if a is None or not a else _contraction_macs(node, len(a) - 1)

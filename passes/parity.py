@@ -1,0 +1,39 @@
+"""Parity: the exported model against the masked original, through ONNX Runtime. Exact for a
+plain removal; after a reconstruction (which changes the function on purpose) the deviation
+is measured and the earlier exact check is kept as ``mask_check``."""
+
+from __future__ import annotations
+
+from graphprune.validate import ParityResult, compare, session
+
+from .base import Pass, PassContext, PassResult
+
+
+class Parity(Pass):
+    name = "parity"
+    requires = ("pruned",)
+
+    def __init__(self, after_reconstruction: bool = False):
+        self.after_reconstruction = after_reconstruction
+
+    def run(self, graph, ctx: PassContext) -> PassResult:
+        if ctx.reference is None:
+            session(ctx.pruned)  # it must at least load
+            ctx.parity = ParityResult("skipped")
+            return PassResult(False, "skipped; the model loads in ONNX Runtime")
+        checked = None
+        if self.after_reconstruction and ctx.parity is not None:
+            if ctx.parity.status == "failed":
+                return PassResult(False, "skipped: the plain removal failed parity")
+            checked = ctx.parity.status
+        approximate = checked is not None or any(gp.approximate for gp in ctx.plan.groups)
+        ctx.parity = compare(
+            ctx.reference,
+            ctx.pruned,
+            feeds=ctx.parity_feeds,
+            seed=ctx.options.seed,
+            approximate=approximate,
+        )
+        ctx.parity.mask_check = checked
+        p = ctx.parity
+        return PassResult(False, f"{p.status} (max rel diff {p.max_rel_diff:.2e})")
