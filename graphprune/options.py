@@ -20,7 +20,7 @@ from .errors import UsageError
 from .passes.reconstructions import RECONSTRUCTIONS
 
 #: CLI flag -> group kind it sets a ratio for
-KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel"}
+KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel", "recurrent": "recurrent"}
 GQA_MODES = {
     "kv": "a unit is one KV head with its query heads (whole KV groups go)",
     "query": "a unit is one query slot in every KV group (KV heads kept, n_rep re-folded)",
@@ -229,6 +229,7 @@ class PruneOptions:
     heads: float | None = None
     mlp: float | None = None
     channels: float | None = None
+    recurrent: float | None = None
     ratios: dict[str, float] = field(default_factory=dict)  # per group kind (API form)
     hidden: float = 0.0
     drop_layers: int = 0

@@ -17,13 +17,6 @@ from .space import Dim, ElementSpace
 
 log = logging.getLogger(__name__)
 
-_CONTRACTING_OPS = {
-    "Conv": "channel",
-    "ConvTranspose": "channel",
-    "Gemm": "neuron",
-    "MatMul": "neuron",
-}
-
 
 @dataclass(eq=False)
 class Group:
@@ -269,7 +262,9 @@ def _assign_keys(groups: list[Group], labels: np.ndarray) -> None:
 
 
 def _kind(dims: list[Dim]) -> str:
+    """The ``unit_kind`` of the first op whose weight the group slices (its rule says)."""
     for d in dims:
-        if d.kind == "const" and d.node.op in _CONTRACTING_OPS:
-            return _CONTRACTING_OPS[d.node.op]
+        rule = rule_for(d.node) if d.kind == "const" else None
+        if rule is not None and rule.unit_kind:
+            return rule.unit_kind
     return "other"

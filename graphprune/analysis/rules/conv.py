@@ -61,6 +61,7 @@ def _link_conv(ctx, w_out_axis: int, w_in_axis: int) -> None:
 @register
 class Conv(OpRule):
     ops = ("Conv",)
+    unit_kind = "channel"
 
     def link(self, node, ctx):
         _link_conv(ctx, w_out_axis=0, w_in_axis=1)
@@ -79,6 +80,7 @@ class Conv(OpRule):
 @register
 class ConvTranspose(OpRule):
     ops = ("ConvTranspose",)
+    unit_kind = "channel"
 
     def link(self, node, ctx):
         if int(ctx.attr("group", 1)) > 1:

@@ -21,7 +21,7 @@ from ..shape_values import (
     symbol_name,
     symbolic_shape,
 )
-from .registry import OpRule, register
+from .registry import OpRule, is_structural, register
 
 
 def match_chunks(a, b):
@@ -81,6 +81,12 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
             ctx.space.link(out, h, ctx.in_dim(0, rep), h % a[rep])
             ctx.tag(out, "head")
             ctx.freeze(ctx.in_dim(0, lead), "KV heads kept (--gqa query)")
+        elif len(jj) == 1 and (pair := _structural_merge(ctx, a, ii)):
+            lead, inner = pair  # (directions, H) -> D*H: unit h sits at d*H + h for every d
+            out, unit = ctx.out_dim(0, jj[0]), ctx.in_dim(0, inner)
+            j = np.arange(out.size)
+            ctx.space.link(out, j, unit, j % unit.size)
+            ctx.touch(ctx.in_dim(0, lead))
         elif len(jj) == 1 and (merge := _lead(a, ii)):  # merge: blocks of the leading axis
             lead, inner = merge
             ctx.block(ctx.out_dim(0, jj[0]), ctx.in_dim(0, lead), inner)
@@ -91,6 +97,15 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
             if inner > 1:
                 ctx.tag(heads, "head")
     return one_to_one
+
+
+def _structural_merge(ctx, a, ii) -> tuple[int, int] | None:
+    """(leading, trailing) axis of a merge of two known axes whose leading one is structural
+    (``registry.is_structural``, e.g. a recurrent layer's directions)."""
+    known = [k for k in ii if a[k] != 1]
+    if len(known) != 2 or any(is_symbol(a[k]) for k in known):
+        return None
+    return tuple(known) if is_structural(ctx.node.inputs[0], known[0]) else None
 
 
 def _repeat_axis(ctx, a, ii) -> int | None:

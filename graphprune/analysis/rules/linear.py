@@ -23,6 +23,7 @@ def _contraction_macs(node: NodeView, k_axis: int) -> list[MacTerm]:
 @register
 class Gemm(OpRule):
     ops = ("Gemm",)
+    unit_kind = "neuron"
 
     def link(self, node, ctx):
         ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
@@ -43,6 +44,7 @@ class Gemm(OpRule):
 @register
 class MatMul(OpRule):
     ops = ("MatMul",)
+    unit_kind = "neuron"
 
     def link(self, node, ctx):
         a, b, y = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)

@@ -175,6 +175,9 @@ def _plain(v):
 class OpRule:
     ops: tuple[str, ...] = ()
     domain: str = ""
+    #: the kind of a group whose units this op's weights carry ("channel", "neuron", ...);
+    #: a group takes the kind of the first such op among its dims (heads are tagged instead)
+    unit_kind: str | None = None
 
     def link(self, node: gs.Node, ctx) -> None:  # pragma: no cover - interface
         raise NotImplementedError
@@ -185,6 +188,22 @@ class OpRule:
     def macs(self, node: NodeView) -> list[MacTerm]:
         """Multiply-accumulates of one run of ``node``; most ops count none."""
         return []
+
+
+#: predicates ``(tensor, axis) -> bool`` that name axes which are structure, never units (a
+#: recurrent layer's directions): where a Reshape merges such a leading axis with another,
+#: the merged axis keeps the other axis' units (see ``layout.py``). A rule adds its own with
+#: ``@structural_axis``, so the Reshape rule needs no knowledge of that op.
+STRUCTURAL_AXES: list = []
+
+
+def structural_axis(fn):
+    STRUCTURAL_AXES.append(fn)
+    return fn
+
+
+def is_structural(t: gs.Tensor, axis: int) -> bool:
+    return any(fn(t, axis) for fn in STRUCTURAL_AXES)
 
 
 def register(cls: type[OpRule]) -> type[OpRule]:
