@@ -17,6 +17,7 @@ import onnx_graphsurgeon as gs
 from .analysis.context import tensor_shape
 from .analysis.groups import Analysis, Group
 from .analysis.shape_values import symbolic_shape
+from .errors import UsageError
 from .importance import group_contractions
 
 
@@ -107,3 +108,24 @@ def calibrate_blocks(blocks: list[Block], model, feeds) -> None:
         pairs.append((stream.name, add.outputs[0].name))
     for b, cos in zip(blocks, mean_cosines(model, feeds, pairs), strict=True):
         b.score = 1.0 - cos
+
+
+def select_blocks(analysis: Analysis, opts, model=None, feeds=()) -> list[Block]:
+    """The blocks ``--drop-layers`` / ``--drop-layers-list`` (``opts``) drop; with
+    calibration feeds, ``--drop-layers`` ranks them by the Minitron score."""
+    if not (opts.drop_layers or opts.drop_list):
+        return []
+    blocks = find_blocks(analysis)
+    if feeds and model is not None and blocks and not opts.drop_list:  # else unused
+        calibrate_blocks(blocks, model, feeds)
+    bad = [i for i in opts.drop_list if not 0 <= i < len(blocks)]
+    if bad:
+        raise UsageError(
+            f"--drop-layers-list: no block {bad[0]} (this model has "
+            f"{len(blocks)} droppable blocks; see `graphprune analyze`)"
+        )
+    if opts.drop_layers > len(blocks):
+        raise UsageError(
+            f"--drop-layers {opts.drop_layers}: this model has only {len(blocks)} droppable blocks"
+        )
+    return choose_blocks(blocks, opts.drop_layers, opts.drop_list)

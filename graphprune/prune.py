@@ -29,8 +29,7 @@ from .allocate import Allocator
 from .analysis.groups import Analysis, analyze
 from .calibration import Activations, calibration_feeds, capture
 from .criteria import CRITERIA, score_groups
-from .depth import Block, calibrate_blocks, choose_blocks, find_blocks
-from .errors import UsageError
+from .depth import select_blocks
 from .evaluate import accuracy, load_data, output_deviation, run_outputs
 from .graph import import_graph, infer_shapes, load_model
 from .importance import calibration_targets
@@ -181,25 +180,6 @@ def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts, feeds) -> Pla
     )
     drop = select_blocks(analysis, opts, model, feeds)
     return Allocator(analysis, scores, opts, [b.group for b in drop]).plan()
-
-
-def select_blocks(analysis: Analysis, opts: PruneOptions, model=None, feeds=()) -> list[Block]:
-    if not (opts.drop_layers or opts.drop_list):
-        return []
-    blocks = find_blocks(analysis)
-    if feeds and model is not None and blocks and not opts.drop_list:  # else unused
-        calibrate_blocks(blocks, model, feeds)
-    bad = [i for i in opts.drop_list if not 0 <= i < len(blocks)]
-    if bad:
-        raise UsageError(
-            f"--drop-layers-list: no block {bad[0]} (this model has "
-            f"{len(blocks)} droppable blocks; see `graphprune analyze`)"
-        )
-    if opts.drop_layers > len(blocks):
-        raise UsageError(
-            f"--drop-layers {opts.drop_layers}: this model has only {len(blocks)} droppable blocks"
-        )
-    return choose_blocks(blocks, opts.drop_layers, opts.drop_list)
 
 
 def _evaluate(original, pruned, data, source) -> dict:
