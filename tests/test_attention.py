@@ -246,3 +246,48 @@ def test_global_ratios_hold_per_kind_across_layers(exported):
     for gp in result.plan.groups:
         removed[gp.kind] += len(gp.remove)
     assert removed == {"head": 4, "neuron": 32}  # of 8 heads and 128 neurons
+
+
+class _SdpaBlock(nn.Module):
+    """Attention through F.scaled_dot_product_attention: TorchScript reads the head size at
+    run time for the scale (Shape -> Slice(-1:) -> Cast -> Sqrt)."""
+
+    def __init__(self, width=32, heads=4):
+        super().__init__()
+        self.heads, self.qkv, self.out = heads, nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x):
+        b, s, c = x.shape
+        q, k, v = self.qkv(x).split(c, dim=-1)
+        q, k, v = (t.reshape(b, s, self.heads, -1).transpose(1, 2) for t in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return x + self.out(y.transpose(1, 2).reshape(b, s, c))
+
+
+SDPA_DYNAMO = (
+    "the dynamo exporter's opset-18 SDPA decomposition reshapes K to [B*heads, S, D] and back "
+    "around a Transpose; a merge of (batch, heads) links the merged axis to batch only, so "
+    "the heads freeze ('Reshape: axis not mapped')"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "exporter",
+    [
+        "torchscript",
+        pytest.param("dynamo", marks=pytest.mark.xfail(strict=True, reason=SDPA_DYNAMO)),
+    ],
+)
+def test_sdpa_heads_are_pruned(tmp_path, exporter):
+    """Reading only the head size (the last entry of Q's shape) freezes only the head size,
+    not the heads."""
+    import onnx
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 32)
+    model = onnx.load(
+        export_torch(_SdpaBlock().eval(), (x,), tmp_path / "m.onnx", exporter=exporter)
+    )
+    result = prune_and_check(model, 0.0, ratios={"head": 0.5})
+    assert _heads_per_layer(result) == [2]

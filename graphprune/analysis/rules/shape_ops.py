@@ -1,7 +1,8 @@
 """Shape, Size and Gather. Reading a dim's size freezes that dim (its count would be baked
 into whatever is computed from it), unless the size only feeds Reshape / Expand shape
 operands: those rules couple the read dim with the axis it sets, so after pruning the
-run-time value is still right. ``Shape → Gather(const)`` only reads the gathered axes."""
+run-time value is still right. ``Shape → Gather(const)`` and ``Shape → Slice(const)`` only
+read the axes they pick."""
 
 from __future__ import annotations
 
@@ -18,20 +19,41 @@ def _span(node: gs.Node, rank: int) -> list[int]:
     return list(range(rank))[slice(node.attrs.get("start", 0), node.attrs.get("end", rank))]
 
 
+def _picked(node: gs.Node, span: list[int]) -> list[int] | None:
+    """The entries of a shape vector (``span``) that a ``Gather(const)`` or a constant
+    ``Slice`` along axis 0 passes on (``x.shape[-1]``: TorchScript's attention scale reads
+    the head size so); None for any other consumer."""
+    if node.op == "Gather" and len(node.inputs) > 1 and isinstance(node.inputs[1], gs.Constant):
+        if int(node.attrs.get("axis", 0)) == 0:
+            return [span[int(i)] for i in np.ravel(node.inputs[1].values)]
+        return None
+    if node.op != "Slice":
+        return None
+    if "starts" in node.attrs:  # opset < 10
+        bounds = [node.attrs["starts"], node.attrs["ends"], node.attrs.get("axes", [0]), [1]]
+    else:
+        given = [node.inputs[i] if i < len(node.inputs) else None for i in range(1, 5)]
+        if any(t is not None and t.name and not isinstance(t, gs.Constant) for t in given):
+            return None
+        defaults = ([0], [1])  # axes, steps
+        bounds = [np.ravel(t.values).tolist() for t in given[:2]]
+        for t, default in zip(given[2:], defaults, strict=True):
+            bounds.append(np.ravel(t.values).tolist() if t is not None and t.name else default)
+    starts, ends, axes, steps = bounds
+    if len(starts) != 1 or [int(a) for a in axes] not in ([0], [-1]) or list(steps) != [1]:
+        return None
+    return span[slice(int(starts[0]), int(ends[0]))]
+
+
 def unsafe_axes(t: gs.Tensor, span: list[int], depth: int = 0) -> set[int]:
     """Axes (entries ``span`` of the shape vector ``t``) whose size reaches anything but
-    Reshape / Expand shape operands; ``Gather(const)`` narrows to the entries it picks."""
+    Reshape / Expand shape operands; ``Gather(const)`` and constant ``Slice`` narrow to the
+    entries they pick."""
     unsafe: set[int] = set()
     for node in t.outputs:
         slots = [i for i, x in enumerate(node.inputs) if x is t]
-        idx = node.inputs[1] if node.op == "Gather" and len(node.inputs) > 1 else None
-        if (
-            isinstance(idx, gs.Constant)
-            and slots == [0]
-            and depth < 16
-            and int(node.attrs.get("axis", 0)) == 0
-        ):
-            picked = [span[int(i)] for i in np.ravel(idx.values)]
+        picked = _picked(node, span) if slots == [0] and depth < 16 else None
+        if picked is not None:
             unsafe |= unsafe_axes(node.outputs[0], picked, depth + 1)
         elif not flows_only_into_shape_operands_from(node, slots):
             unsafe |= set(span)
