@@ -93,7 +93,7 @@ class Allocator:
             keep = g.units - int(np.sum(self.normalised[g.id] < t))
             if round_to > 1 and g.units >= round_to:
                 keep = min(g.units, -(-keep // round_to) * round_to)
-            counts[g.id] = g.units - max(keep, min_keep, 1)
+            counts[g.id] = max(0, g.units - max(keep, min_keep, 1))
         return counts
 
     def kind_global(self, ratio: float, ratios: dict[str, float]) -> Counts:

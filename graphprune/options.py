@@ -159,7 +159,7 @@ def _number(flag: str, value, cast=float):
         raise UsageError(f"{flag} takes a number, got {value!r}")
     try:
         out = cast(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(
             f"{flag} takes {'an integer' if cast is int else 'a number'}, got {value!r}"
         ) from None

@@ -68,8 +68,8 @@ def opset_of(model: onnx.ModelProto) -> int:
 def analyze_model(model: onnx.ModelProto | str | Path, exclude=(), gqa: str = "kv") -> Analysis:
     if not isinstance(model, onnx.ModelProto):
         model = load_model(model)
-    PruneOptions(gqa=gqa, exclude=exclude)  # the same checks as prune
-    return analyze(import_graph(model), opset_of(model), tuple(exclude), gqa)
+    o = PruneOptions(gqa=gqa, exclude=exclude)  # the same checks and forms as prune
+    return analyze(import_graph(model), opset_of(model), o.exclude, o.gqa)
 
 
 def build_pipeline(opts: PruneOptions) -> list[Pass]:
