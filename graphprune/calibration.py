@@ -42,6 +42,8 @@ def calibration_feeds(source, model: onnx.ModelProto, batch: int = 16) -> list[d
     feeds = [dict(f) for f in source] if isinstance(source, Iterable) else []
     if not feeds:
         raise CalibrationError("calibration data holds no samples")
+    for k, f in enumerate(feeds):
+        check_arrays({n: np.asarray(v) for n, v in f.items()}, model, f"calib feed {k}")
     return feeds
 
 

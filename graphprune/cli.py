@@ -1,22 +1,25 @@
 """Command line: ``graphprune analyze`` and ``graphprune prune``.
 
-Exit codes: 0 ok; 1 unexpected internal error; 2 bad usage; 3 unreadable model; 4 bad plan;
-5 invalid rewrite; 6 parity failed; 7 bad calibration / evaluation data.
+Exit codes: 0 ok; 1 internal error (a bug: please file it); 2 bad usage; 3 the input model
+cannot be used (unreadable, fails onnx.checker, or ONNX Runtime cannot load it); 4 bad plan;
+5 invalid rewrite; 6 parity failed; 7 bad calibration / evaluation data; 8 nothing pruned
+(an option matched nothing, or nothing would be removed). A failed run writes nothing (exit
+8 writes only the --json report, which says why).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
 from . import calibration
-from .errors import GraphpruneError, ParityError, UsageError
-from .graph import load_model, save_model_atomic
+from .errors import GraphpruneError, NothingPruned, ParityError, UsageError
+from .graph import load_model
 from .options import GQA_MODES, OPTIONS, PruneOptions, epilog
+from .outputs import Outputs
 from .prune import analyze_model, prune_model
 from .report import build_report, format_analysis, format_summary, group_rows
 from .text import save_npz_atomic, tokenize_file
@@ -100,9 +103,9 @@ def _same_file(a: str, b: str) -> bool:
 
 
 def _write_json(path: str, data) -> None:
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    out = Outputs()
+    out.add_json(path, data)
+    out.commit()
 
 
 def cmd_analyze(args) -> int:
@@ -117,10 +120,9 @@ def cmd_calib_from_text(args) -> int:
     if _same_file(args.text, args.output):
         raise UsageError("output path is the input text; refusing to overwrite it")
     arrays = tokenize_file(args.text, args.tokenizer, args.max_length, args.pad_to_longest)
-    try:
-        save_npz_atomic(arrays, args.output)
-    except OSError as e:
-        raise UsageError(f"cannot write {args.output}: {e.strerror}") from e
+    out = Outputs()
+    out.add(args.output, lambda tmp: save_npz_atomic(arrays, tmp))
+    out.commit()
     shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in arrays.items())
     print(f"wrote {args.output}: {shapes}")
     return 0
@@ -146,33 +148,49 @@ def prune_options(args) -> PruneOptions:
 def cmd_prune(args) -> int:
     if _same_file(args.model, args.output):
         raise UsageError("output path is the input model; refusing to overwrite it")
+    for flag, path in (("--json", args.json), ("--save-plan", args.save_plan)):
+        if path and (_same_file(args.model, path) or _same_file(args.output, path)):
+            raise UsageError(f"{flag} path is the input or the output model; give another")
     opts = prune_options(args)
     if not Path(args.model).is_file():
-        load_model(args.model)  # raises the one-line "no such file"
+        load_model(args.model)  # raises the one-line reason (missing, a directory)
     if sys.stderr.isatty() and _progress_bar not in calibration.PROGRESS:
         calibration.PROGRESS.append(_progress_bar)
-    result = prune_model(args.model, opts)
-    failed = result.parity.status == "failed"
-    out = "" if failed else args.output
-    if not failed:
-        try:
-            result.after["bytes"] = save_model_atomic(result.model, args.output)
-            if args.save_plan:
-                result.plan.save(args.save_plan)
-        except OSError as e:
-            raise UsageError(f"cannot write {e.filename or args.output}: {e.strerror}") from e
-    rep = build_report(result, input_path=args.model, output_path=out, options=opts)
-    if args.json:
-        try:
-            _write_json(args.json, rep)
-        except OSError as e:
-            raise UsageError(f"cannot write {args.json}: {e.strerror}") from e
-    print(format_summary(rep))
-    if failed:
+    try:
+        result = prune_model(args.model, opts)
+    except NothingPruned as e:
+        if args.json:  # the report says so too; no model is written
+            out = Outputs()
+            out.add_json(args.json, _refusal_report(args, opts, e))
+            out.commit()
+        raise
+    if result.parity.status == "failed":
         raise ParityError(
-            f"parity failed (max rel diff {result.parity.max_rel_diff:.3e}); model not written"
+            f"parity failed (max rel diff {result.parity.max_rel_diff:.3e}); nothing written"
         )
+    out = Outputs()
+    out.add_model(args.output, result.model)
+    result.after["bytes"] = out.size(args.output)
+    if args.save_plan:
+        out.add_text(args.save_plan, result.plan.to_json())
+    rep = build_report(result, input_path=args.model, output_path=args.output, options=opts)
+    if args.json:
+        out.add_json(args.json, rep)
+    out.commit()  # every output, or none
+    print(format_summary(rep))
     return 0
+
+
+def _refusal_report(args, opts, error: NothingPruned) -> dict:
+    return {
+        "status": "nothing_pruned",
+        "exit_code": error.exit_code,
+        "error": str(error),
+        "option": error.option,
+        "input": args.model,
+        "output": "",
+        "options": opts.summary(),
+    }
 
 
 def main(argv=None) -> int:
@@ -189,7 +207,10 @@ def main(argv=None) -> int:
     except GraphpruneError as e:
         if e.exit_code == 1 and os.environ.get("GRAPHPRUNE_DEBUG"):
             raise
-        print(f"graphprune: error: {e}", file=sys.stderr)
+        msg = " ".join(str(e).split())
+        if e.exit_code == 1:
+            msg += " (a bug in graphprune: please file it with the model or GRAPHPRUNE_DEBUG=1)"
+        print(f"graphprune: error: {msg}", file=sys.stderr)
         return e.exit_code
     except BrokenPipeError:  # stdout closed early (``| head``): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -198,7 +219,12 @@ def main(argv=None) -> int:
         print("graphprune: interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # a bug: still one line, but say so
-        print(f"graphprune: internal error: {type(e).__name__}: {e}", file=sys.stderr)
+        msg = " ".join(f"{type(e).__name__}: {e}".split())
+        print(
+            f"graphprune: error: internal error: {msg} (a bug in graphprune: please file it "
+            "with the model or GRAPHPRUNE_DEBUG=1)",
+            file=sys.stderr,
+        )
         if os.environ.get("GRAPHPRUNE_DEBUG"):
             raise
         return 1

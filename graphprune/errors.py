@@ -1,4 +1,10 @@
-"""Typed errors. The library raises these; only the CLI turns them into one line + exit code."""
+"""Typed errors. The library raises these; only the CLI turns them into one line + exit code.
+
+Exit codes: 0 ok; 1 internal error (a bug); 2 bad usage or options; 3 the input model cannot
+be used (unreadable, fails onnx.checker, or ONNX Runtime cannot load it); 4 bad plan; 5 our
+rewrite is invalid (a bug, never written); 6 parity failed; 7 bad calibration / evaluation
+data; 8 nothing pruned (or an option matched nothing).
+"""
 
 
 class GraphpruneError(Exception):
@@ -41,6 +47,18 @@ class CalibrationError(GraphpruneError):
     """Calibration / evaluation data is missing, empty or does not fit the model."""
 
     exit_code = 7
+
+
+class NothingPruned(GraphpruneError):
+    """The run would remove nothing, or an option given matched nothing (``--heads`` on a
+    model without heads, a ratio that rounds to zero units): no output is written, since
+    shipping the unchanged model as "pruned" would be a silent failure."""
+
+    exit_code = 8
+
+    def __init__(self, message: str, option: str = ""):
+        super().__init__(message)
+        self.option = option
 
 
 class PassFailed(GraphpruneError):

@@ -14,11 +14,18 @@ from .validate import session
 
 def load_npz(path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     p = Path(path)
+    if p.is_dir():
+        raise CalibrationError(f"{p}: is a directory, not an .npz file")
+    if not p.is_file():
+        raise CalibrationError(f"{p}: no such file")
     try:
-        with np.load(p, allow_pickle=False) as data:
+        with np.load(p, allow_pickle=False) as data:  # never unpickle a user's file
+            if not hasattr(data, "files"):
+                raise ValueError("a single .npy array, not an .npz archive")
             arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"{p}: cannot read as .npz ({e})") from e
+    except Exception as e:  # zipfile, pickle refusal, truncation: all "not readable"
+        msg = " ".join(str(e).split())
+        raise CalibrationError(f"{p}: cannot read as .npz ({msg})") from e
     return check_arrays(arrays, model, str(p))
 
 
@@ -31,24 +38,60 @@ def load_data(source, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np
 
 
 def check_arrays(arrays: dict, model: onnx.ModelProto, p: str):
-    """One array per graph input with the same number of samples, and optional labels."""
+    """One array per graph input with the same number of samples, of the input's dtype, rank
+    and fixed dims, all finite; and optional labels of the same length. Checked before any
+    work, so bad data never reaches ONNX Runtime (or a reconstruction)."""
     init_names = {t.name for t in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in init_names]
-    missing = [n for n in inputs if n not in arrays]
+    inputs = [i for i in model.graph.input if i.name not in init_names]
+    missing = [i.name for i in inputs if i.name not in arrays]
     if missing:
         raise CalibrationError(
             f"{p}: no array for graph input(s) {missing}; file has {sorted(arrays)}"
         )
-    feeds = {n: arrays[n] for n in inputs}
+    feeds = {i.name: arrays[i.name] for i in inputs}
+    for vi in inputs:
+        _check_input_array(p, vi, feeds[vi.name])
     counts = {len(a) for a in feeds.values()}
     if len(counts) != 1 or 0 in counts:
         raise CalibrationError(
             f"{p}: inputs need the same, non-zero number of samples (got {sorted(counts)})"
         )
     labels = arrays.get("labels")
-    if labels is not None and len(labels) != counts.pop():
-        raise CalibrationError(f"{p}: 'labels' length differs from the inputs")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim == 0 or len(labels) != next(iter(counts)):
+            raise CalibrationError(f"{p}: 'labels' length differs from the inputs")
+        if labels.dtype.kind not in "iubf":
+            raise CalibrationError(f"{p}: 'labels' must be class numbers, got {labels.dtype}")
     return feeds, labels
+
+
+def _check_input_array(p: str, vi: onnx.ValueInfoProto, a) -> None:
+    a = np.asarray(a)
+    name = vi.name
+    if a.dtype == object:
+        raise CalibrationError(f"{p}: {name} is an object array; give numeric arrays")
+    t = vi.type.tensor_type
+    want = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None
+    if want is not None and a.dtype != want:
+        raise CalibrationError(f"{p}: {name} is {a.dtype}, the model takes {np.dtype(want)}")
+    if a.ndim == 0 or a.size == 0:
+        raise CalibrationError(f"{p}: {name} is empty (shape {a.shape})")
+    if t.HasField("shape"):
+        dims = t.shape.dim
+        if a.ndim != len(dims):
+            raise CalibrationError(
+                f"{p}: {name} has rank {a.ndim} (shape {a.shape}), the model takes rank "
+                f"{len(dims)} (first axis = samples)"
+            )
+        for k, d in enumerate(dims):
+            if k > 0 and d.HasField("dim_value") and d.dim_value > 0 and a.shape[k] != d.dim_value:
+                raise CalibrationError(
+                    f"{p}: {name} has shape {a.shape}, the model fixes dim {k} at {d.dim_value}"
+                )
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        bad = int(np.count_nonzero(~np.isfinite(a)))
+        raise CalibrationError(f"{p}: {name} holds {bad} NaN/Inf values")
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:

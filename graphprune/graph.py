@@ -23,6 +23,8 @@ _TWO_GB = 2**31 - 1
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Read an ONNX file (external data is loaded from beside it)."""
     p = Path(path)
+    if p.is_dir():
+        raise ModelLoadError(f"{p}: is a directory, not an ONNX file")
     if not p.is_file():
         raise ModelLoadError(f"{p}: no such file")
     try:

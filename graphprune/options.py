@@ -18,6 +18,7 @@ from pathlib import Path
 from .criteria import CRITERIA
 from .errors import UsageError
 from .passes.reconstructions import RECONSTRUCTIONS
+from .shapes import parse_input_shapes
 
 #: CLI flag -> group kind it sets a ratio for
 KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel", "recurrent": "recurrent"}
@@ -149,6 +150,15 @@ OPTIONS: tuple[Option, ...] = (
         "deviation before/after",
         "NPZ",
     ),
+    Option(
+        "input_shape",
+        "--input-shape",
+        "the size of an input with symbolic dims, NAME=1x3x320x320 (repeatable; a bare shape "
+        "for a one-input model): MACs are counted and parity is run at it (default: from "
+        "--calib/--eval, else probed)",
+        "NAME=DxD",
+        action="append",
+    ),
     Option("plan", "--plan", "replay a saved plan instead of planning", "PATH"),
     Option("parity", "--no-parity", "skip the parity proof", action="store_false"),
 )
@@ -247,6 +257,8 @@ class PruneOptions:
     seed: int = 0
     calib: object = None  # path, dict of arrays or list of feed dicts
     eval: object = None  # path or dict of arrays (optional "labels")
+    #: input name (None: the only input) -> shape; CLI strings "NAME=1x3x8x8" are parsed
+    input_shape: dict = field(default_factory=dict)
     plan: object = None  # a Plan or the path of a saved one: replayed, no planning
     parity: bool = True
     parity_feeds: list | None = None  # None: the first 4 calibration batches
@@ -289,6 +301,7 @@ class PruneOptions:
         self.seed = _count("--seed", self.seed, 0)
         self.calib = _data("--calib", self.calib)
         self.eval = _data("--eval", self.eval)
+        self.input_shape = parse_input_shapes("--input-shape", self.input_shape or None)
         if self.plan is not None and isinstance(self.plan, str | Path) and not str(self.plan):
             raise UsageError("--plan takes a path, got ''")
         self.parity = bool(self.parity)
@@ -337,6 +350,8 @@ class PruneOptions:
                 v = None if v is None else (str(v) if isinstance(v, str | Path) else "arrays")
             elif isinstance(v, tuple):
                 v = list(v)
+            elif f.name == "input_shape":
+                v = {"" if k is None else k: list(s) for k, s in v.items()}
             out[f.name] = v
         out["ratio"] = self.base_ratio
         return out

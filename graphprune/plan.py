@@ -33,6 +33,8 @@ class Plan:
     ratio: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)  # per group kind, over ``ratio``
     gqa: str = "kv"  # the analysis' GQA unit, so a replay finds the same groups
+    #: input sizes MACs and parity were taken at (a replay without --input-shape reuses them)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
     version: int = PLAN_VERSION
 
     def to_json(self) -> str:

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from graphprune.passes.base import Pass, PassContext, PassManager, PassRecord
@@ -36,8 +37,10 @@ from .importance import calibration_targets
 from .knockout import model_outputs
 from .metrics import summarize
 from .options import PruneOptions
+from .outcome import check_options_match, check_plan_removes
 from .plan import Plan
-from .validate import ParityResult
+from .shapes import InputShapes, macs_at, resolve
+from .validate import ParityResult, check_input, random_feed, run_error
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,7 @@ class PruneResult:
     passes: list[PassRecord] = field(default_factory=list)
     evaluation: dict = field(default_factory=dict)  # "eval" / "accuracy" with --eval
     calibration_batches: int = 0
+    shapes: InputShapes | None = None  # the input sizes MACs and parity used
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -106,22 +110,29 @@ def prune_model(
         given_plan = Plan.load(given_plan)
     feeds = calibration_feeds(opts.calib, model) if opts.calib is not None else []
     eval_data = load_data(opts.eval, model) if opts.eval is not None else None
+    shapes = input_shapes(model, opts, given_plan, feeds, eval_data)
     t["load"] = time.perf_counter()
     given_value_info = list(model.graph.value_info)
     infer_shapes(model)  # fills value_info in place (restored below)
     try:
         before = summarize(model, with_bytes=file_bytes is None)
+        if shapes.symbolic:
+            before["macs"] = macs_at(model, shapes)
         if file_bytes is not None:  # measuring a freshly parsed 100 MB proto costs ~0.2 s
             before["bytes"] = file_bytes
         graph = import_graph(model, inferred=True)
         gqa = given_plan.gqa if given_plan is not None else opts.gqa
         analysis = analyze(graph, opset_of(model), tuple(opts.exclude), gqa)
+        if given_plan is None:
+            check_options_match(analysis, opts, model)
         t["analyze"] = time.perf_counter()
         acts = _calibrate(model, analysis, opts, feeds)
         t["calibrate"] = time.perf_counter()
         if given_plan is None:
             given_plan = _new_plan(model, analysis, opts, acts, feeds)
+        check_plan_removes(given_plan, analysis, opts, model)
         given_plan.gqa = gqa
+        given_plan.input_shapes = {n: list(s) for n, s in shapes.shapes.items()}
         t["plan"] = time.perf_counter()
         parity_feeds = opts.parity_feeds if opts.parity_feeds is not None else feeds[:4]
         ctx = PassContext(
@@ -133,6 +144,7 @@ def prune_model(
             feeds=feeds,
             parity_feeds=parity_feeds,
             keep_value_info=bool(given_value_info),
+            shapes=shapes,
         )
         records = PassManager(build_pipeline(opts)).run(graph, ctx)
         t["passes"] = time.perf_counter()
@@ -154,7 +166,24 @@ def prune_model(
         records,
         evaluation,
         len(feeds),
+        shapes,
     )
+
+
+def input_shapes(model, opts: PruneOptions, plan: Plan | None, feeds, eval_data) -> InputShapes:
+    """The input model checked (it loads in ONNX Runtime, exit 3 if not) and the size of
+    every input: given, from a replayed plan, from the data, or probed on the original."""
+    sess = check_input(model)
+    given = opts.input_shape
+    if not given and plan is not None and plan.input_shapes:
+        given = {n: tuple(s) for n, s in plan.input_shapes.items()}
+    data = feeds[0] if feeds else (eval_data[0] if eval_data else None)
+
+    def error_at(shape_map) -> str | None:
+        rng = np.random.default_rng(opts.seed)
+        return run_error(sess, random_feed(model, sess, shape_map, rng))
+
+    return resolve(model, given, data, lambda shape_map: error_at(shape_map) is None, error_at)
 
 
 def _calibrate(model, analysis: Analysis, opts: PruneOptions, feeds: list) -> Activations | None:

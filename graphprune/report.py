@@ -57,6 +57,7 @@ def build_report(
         "params": {"before": result.before["params"], "after": result.after["params"]},
         "macs": {"before": result.before["macs"], "after": result.after["macs"]},
         "bytes": {"before": result.before["bytes"], "after": result.after["bytes"]},
+        "input_shapes": result.shapes.to_dict() if result.shapes is not None else {},
         "parity": result.parity.to_dict(),
         "groups": {
             "total": len(a.groups),
@@ -96,6 +97,12 @@ def format_summary(rep: dict) -> str:
     for key in ("params", "macs", "bytes"):
         b, a = rep[key]["before"], rep[key]["after"]
         lines.append(f"  {key:<9} {b:,} -> {a:,}  ({_pct(b, a)})")
+    shapes = rep.get("input_shapes") or {}
+    if any(v["from"] != "static" for v in shapes.values()):
+        at = ", ".join(
+            f"{n} {'x'.join(map(str, v['shape']))} ({v['from']})" for n, v in shapes.items()
+        )
+        lines.append(f"            MACs counted at {at}")
     p = rep["parity"]
     if p["status"] == "skipped":
         lines.append("  parity    skipped")

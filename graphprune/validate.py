@@ -10,9 +10,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import RewriteError
+from .errors import ModelLoadError, RewriteError
 
 log = logging.getLogger(__name__)
+ort.set_default_logger_severity(3)  # ORT's own stderr lines would break the one-line rule
 
 REL_TOL = 1e-4  # relative to the largest reference magnitude of each output
 ABS_TOL = 1e-5
@@ -29,9 +30,20 @@ _NP_TYPES = {
 }
 
 
+def one_line(e: Exception) -> str:
+    """ONNX Runtime's multi-line error text as one line."""
+    return " ".join(str(e).split())
+
+
 def session(
-    model: onnx.ModelProto | bytes | str, threads: int = 0, optimize: bool = False
+    model: onnx.ModelProto | bytes | str,
+    threads: int = 0,
+    optimize: bool = False,
+    error: type[Exception] = RewriteError,
+    what: str = "the model",
 ) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session; a model it cannot load raises ``error`` (our rewrite's
+    fault by default; ``ModelLoadError`` when ``model`` is the user's input)."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -45,7 +57,24 @@ def session(
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
-        raise RewriteError(f"ONNX Runtime cannot load the model: {e}") from e
+        raise error(f"ONNX Runtime cannot load {what}: {one_line(e)}") from e
+
+
+def check_input(model: onnx.ModelProto) -> ort.InferenceSession:
+    """The user's model must pass ``onnx.checker`` and load in ONNX Runtime: otherwise no
+    output of ours could be proven against it (exit 3, not a rewrite error). An op the
+    checker does not know but ONNX Runtime runs (its own ops in the default domain) passes.
+    Returns the session (for the input-size probe)."""
+    checker_error = None
+    if model.ByteSize() < 2**31 - 1:
+        try:
+            onnx.checker.check_model(model)
+        except Exception as e:  # the checker raises ValidationError and friends
+            checker_error = one_line(e)[:300]
+    sess = session(model, error=ModelLoadError, what="the input model")
+    if checker_error is not None and "No Op registered" not in checker_error:
+        raise ModelLoadError(f"the input model fails onnx.checker: {checker_error}")
+    return sess
 
 
 def _index_bound(model: onnx.ModelProto, name: str) -> int:
@@ -62,30 +91,78 @@ def _index_bound(model: onnx.ModelProto, name: str) -> int:
     return 2
 
 
-def random_feeds(
-    model: onnx.ModelProto, sess: ort.InferenceSession, n: int = 3, seed: int = 0, batch: int = 2
-) -> list[dict[str, np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    feeds = []
-    for _ in range(n):
-        feed = {}
-        for inp in sess.get_inputs():
+def random_feed(
+    model: onnx.ModelProto,
+    sess: ort.InferenceSession,
+    shapes: dict[str, tuple[int, ...]],
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
+    """One random feed at ``shapes`` (inputs absent from it: declared dims, 1 for the
+    batch and 8 for other symbolic dims)."""
+    feed = {}
+    for inp in sess.get_inputs():
+        shape = shapes.get(inp.name)
+        if shape is None:
             shape = [
-                s if isinstance(s, int) and s > 0 else batch if k == 0 else 8
+                s if isinstance(s, int) and s > 0 else 1 if k == 0 else 8
                 for k, s in enumerate(inp.shape)
             ]
-            dtype = _NP_TYPES.get(inp.type)
-            if dtype is None:
-                raise RewriteError(f"input {inp.name!r}: unsupported type {inp.type}")
-            if np.issubdtype(dtype, np.floating):
-                feed[inp.name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype is np.bool_:
-                feed[inp.name] = rng.random(shape) < 0.5
-            else:
-                hi = _index_bound(model, inp.name)
-                feed[inp.name] = rng.integers(0, hi, size=shape).astype(dtype)
-        feeds.append(feed)
+        dtype = _NP_TYPES.get(inp.type)
+        if dtype is None:
+            raise RewriteError(f"input {inp.name!r}: unsupported type {inp.type}")
+        if np.issubdtype(dtype, np.floating):
+            feed[inp.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feed[inp.name] = rng.random(shape) < 0.5
+        else:
+            hi = _index_bound(model, inp.name)
+            feed[inp.name] = rng.integers(0, hi, size=shape).astype(dtype)
+    return feed
+
+
+def random_feeds(
+    model: onnx.ModelProto,
+    sess: ort.InferenceSession,
+    n: int = 3,
+    seed: int = 0,
+    shapes=None,
+) -> list[dict[str, np.ndarray]]:
+    """``n`` random feeds at ``shapes`` (an ``InputShapes``); the last one doubles the
+    batch of inputs whose batch dim is symbolic, so batch independence is checked too."""
+    rng = np.random.default_rng(seed)
+    at = dict(shapes.shapes) if shapes is not None else {}
+    dynamic = shapes.dynamic_batch if shapes is not None else set()
+    feeds = [random_feed(model, sess, at, rng) for _ in range(max(n - 1, 0))]
+    if n > 0:
+        last = {k: (2 * s[0], *s[1:]) if k in dynamic else s for k, s in at.items()}
+        if not at:  # no shapes known: the old defaults (batch 2, symbolic dims 8)
+            last = {
+                i.name: tuple(
+                    s if isinstance(s, int) and s > 0 else 2 if k == 0 else 8
+                    for k, s in enumerate(i.shape)
+                )
+                for i in sess.get_inputs()
+            }
+        feeds.append(random_feed(model, sess, last, rng))
     return feeds
+
+
+def quiet_run() -> ort.RunOptions:
+    """Run options that keep ORT's kernel errors off stderr (they are raised to us)."""
+    ro = ort.RunOptions()
+    ro.log_severity_level = 4
+    return ro
+
+
+def run_error(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> str | None:
+    """Why ``sess`` does not run on ``feed`` (one line), or None when it runs (the
+    input-size probe)."""
+    try:
+        sess.run(None, feed, quiet_run())
+    except Exception as e:  # ORT raises its own types for a bad size
+        log.debug("probe run failed: %s", one_line(e))
+        return one_line(e)
+    return None
 
 
 @dataclass
@@ -116,21 +193,39 @@ def compare(
     n_random: int = 3,
     seed: int = 0,
     approximate: bool = False,
+    shapes=None,
 ) -> ParityResult:
     """Run both models on the same feeds; ``exact`` when every output agrees to REL_TOL.
     With ``approximate`` (a normalised width was pruned, so the function changed on
     purpose) the verdict is ``approximate`` and the differences are the measured deviation;
-    only a shape mismatch fails."""
+    only a shape mismatch or a non-finite value fails. A random feed the reference itself
+    cannot run (a size the original rejects) is skipped; one that only the pruned model
+    cannot run is a RewriteError."""
     ref_sess, new_sess = session(reference), session(pruned)
-    all_feeds = random_feeds(reference, ref_sess, n_random, seed) + list(feeds or [])
+    all_feeds = random_feeds(reference, ref_sess, n_random, seed, shapes) + list(feeds or [])
     names = [o.name for o in ref_sess.get_outputs()]
     per: dict[str, dict[str, float]] = {}
-    for feed in all_feeds:
-        a = ref_sess.run(names, feed)
-        b = new_sess.run(names, feed)
+    used = 0
+    for k, feed in enumerate(all_feeds):
+        try:
+            a = ref_sess.run(names, feed, quiet_run())
+        except Exception as e:
+            if k >= n_random:  # the user's own data must run on the reference
+                raise RewriteError(
+                    f"the masked reference fails on given data: {one_line(e)}"
+                ) from e
+            log.info("parity: random feed %d skipped, the reference rejects it: %s", k, e)
+            continue
+        try:
+            b = new_sess.run(names, feed, quiet_run())
+        except Exception as e:
+            raise RewriteError(
+                f"the pruned model fails in ONNX Runtime where the original runs: {one_line(e)}"
+            ) from e
+        used += 1
         for name, x, y in zip(names, a, b, strict=True):
             x, y = np.asarray(x), np.asarray(y)
-            if x.shape != y.shape:
+            if x.shape != y.shape or not (_finite(x) and _finite(y)):
                 per[name] = {"max_abs_diff": float("inf"), "max_rel_diff": float("inf")}
                 continue
             if x.dtype.kind in "fc":
@@ -151,4 +246,10 @@ def compare(
         status = "approximate"
     if status == "failed":
         log.warning("parity failed: %s", per)
-    return ParityResult(status, max_abs, max_rel, per, len(all_feeds))
+    if not used:
+        raise RewriteError("the masked reference runs on none of the parity inputs")
+    return ParityResult(status, max_abs, max_rel, per, used)
+
+
+def _finite(x: np.ndarray) -> bool:
+    return x.dtype.kind not in "fc" or bool(np.isfinite(x).all())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from graphprune.graph import check_model, export_model
 from graphprune.metrics import summarize
+from graphprune.shapes import macs_at
 
 from .base import Pass, PassContext, PassResult
 
@@ -18,6 +19,8 @@ class Export(Pass):
         out = export_model(graph, template=ctx.original)
         check_model(out, original=ctx.original)
         ctx.after = summarize(out)
+        if ctx.shapes is not None and ctx.shapes.symbolic:
+            ctx.after["macs"] = macs_at(out, ctx.shapes)
         if not ctx.keep_value_info:
             del out.graph.value_info[:]
         ctx.pruned = out

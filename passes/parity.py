@@ -33,6 +33,7 @@ class Parity(Pass):
             feeds=ctx.parity_feeds,
             seed=ctx.options.seed,
             approximate=approximate,
+            shapes=ctx.shapes,
         )
         ctx.parity.mask_check = checked
         p = ctx.parity

@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from graphprune.errors import NothingPruned
 from graphprune.graph import infer_shapes
 from graphprune.passes.removal import Removal
 from graphprune.plan import removed_labels
@@ -76,15 +77,14 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
 
 
-def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True, **kw) -> PruneResult:
+def prune_and_check(model, ratio: float = 0.5, **kw) -> PruneResult:
     result = prune_model(model, PruneOptions(ratio=ratio, **kw))
     assert_valid(result.model, model if isinstance(model, onnx.ModelProto) else None)
     assert result.parity.status == "exact", result.parity.per_output
-    if expect_pruned:
-        assert result.plan.groups, "nothing was pruned"
-        assert assert_structure(result) > 0
-        assert result.after["params"] < result.before["params"]
-        assert result.after["macs"] < result.before["macs"]
+    assert result.plan.groups, "nothing was pruned"
+    assert assert_structure(result) > 0
+    assert result.after["params"] < result.before["params"]
+    assert result.after["macs"] < result.before["macs"]
     if isinstance(model, onnx.ModelProto):  # outputs keep every known dim
         before = {o.name: _dims(o) for o in model.graph.output}
         for o in result.model.graph.output:
@@ -92,6 +92,13 @@ def prune_and_check(model, ratio: float = 0.5, expect_pruned: bool = True, **kw)
             assert len(after) == len(before[o.name])
             assert all(b is None or a == b for a, b in zip(after, before[o.name], strict=True))
     return result
+
+
+def refused_as_nothing_pruned(model, ratio: float = 0.5, match: str = "", **kw) -> NothingPruned:
+    """A prune that would remove nothing is refused (exit 8) with its reason, not run."""
+    with pytest.raises(NothingPruned, match=match) as e:
+        prune_model(model, PruneOptions(ratio=ratio, **kw))
+    return e.value
 
 
 def _dims(vi) -> list:

@@ -151,8 +151,8 @@ def test_parity_failure_exits_6_and_writes_nothing(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(mask_mod, "masked_reference", unmasked)
     out, rep = tmp_path / "x.onnx", tmp_path / "r.json"
     assert main(["prune", str(DIGITS), "-o", str(out), "--json", str(rep)]) == 6
-    assert not out.exists()
-    assert json.loads(rep.read_text())["parity"]["status"] == "failed"
+    assert not out.exists() and not rep.exists()  # a failed run leaves no output
+    assert list(tmp_path.iterdir()) == []
     assert "parity failed" in capsys.readouterr().err
 
 
@@ -273,3 +273,72 @@ def test_an_error_inside_a_pass_names_the_pass(tmp_path, monkeypatch, capsys):
     assert main(["prune", str(DIGITS), "-o", str(out)]) == 5
     assert "error: export: pruned model fails onnx.checker" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags,needle",
+    [
+        (("--heads", "0.5"), "--heads 0.5 matches nothing: the model has no head groups"),
+        (("--ratio", "0.01"), "nothing removed: --ratio 0.01 of at most"),
+        (("--ratio", "0"), "nothing removed: no ratio, target or depth option"),
+    ],
+)
+def test_a_no_op_is_exit_8_with_the_reason_and_no_model(tmp_path, capsys, flags, needle):
+    out, rep = tmp_path / "x.onnx", tmp_path / "r.json"
+    assert main(["prune", str(DIGITS), "-o", str(out), "--json", str(rep), *flags]) == 8
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+    assert not out.exists()
+    r = json.loads(rep.read_text())  # the report says why, for the build step
+    assert r["status"] == "nothing_pruned" and r["exit_code"] == 8 and needle in r["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_an_unwritable_report_leaves_no_model(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    out, plan = tmp_path / "x.onnx", tmp_path / "p.json"
+    code = main(
+        [
+            "prune",
+            str(DIGITS),
+            "-o",
+            str(out),
+            "--save-plan",
+            str(plan),
+            "--json",
+            str(blocker / "r.json"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot write {blocker / 'r.json'}" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # all outputs or none
+
+
+def test_an_input_onnx_runtime_cannot_load_is_exit_3(tmp_path, capsys):
+    from test_analysis import conv
+
+    from graphs import G
+
+    g = G()
+    x = g.input("x", [1, 3, 8, 8])
+    y = conv(g, g.op("Relu", [conv(g, x, "c1", 3, 8)], "r"), "c2", 8, 8)
+    g.nodes.append(onnx.helper.make_node("Mystery", [y], ["z"], name="z", domain="acme"))
+    graph = onnx.helper.make_graph(
+        g.nodes, "g", g.inputs, [onnx.helper.make_tensor_value_info("z", 1, None)], g.inits
+    )
+    model = onnx.helper.make_model(
+        graph, opset_imports=[onnx.helper.make_opsetid("", 17), onnx.helper.make_opsetid("acme", 1)]
+    )
+    path, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(model, path)
+    assert main(["prune", str(path), "-o", str(out)]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "ONNX Runtime cannot load the input model" in err[0]
+    assert not out.exists()
+
+
+def test_a_directory_as_the_model_says_so(tmp_path, capsys):
+    assert main(["prune", str(tmp_path), "-o", str(tmp_path / "o.onnx")]) == 3
+    assert "is a directory" in capsys.readouterr().err

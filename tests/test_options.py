@@ -40,6 +40,7 @@ CASES = {
     "--seed": ("3", "-1", ()),
     "--calib": (CALIB, "", ()),
     "--eval": (TEST, "", ()),
+    "--input-shape": ("input=1x1x8x8", "input=1x0x8", ()),
     "--plan": ("plan.json", "", ()),
     "--no-parity": (None, None, ()),
 }

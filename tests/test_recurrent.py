@@ -22,7 +22,7 @@ from graphprune.graph import import_graph
 from graphprune.plan import removed_labels
 from graphprune.prune import PruneOptions, analyze_model, prune_model
 from graphs import G
-from pruning_checks import assert_structure, prune_and_check
+from pruning_checks import assert_structure, prune_and_check, refused_as_nothing_pruned
 
 S, BATCH, IN = 5, 2, 6
 
@@ -200,8 +200,7 @@ def test_recurrent_groups_have_their_own_kind_and_ratio():
     result = prune_and_check(model, 0.0, recurrent=0.5)
     assert _hidden_groups(result) == [(8, 4)]
     assert {gp.kind for gp in result.plan.groups} == {"recurrent"}
-    untouched = prune_model(model, PruneOptions(mlp=0.5))
-    assert _hidden_groups(untouched) == []
+    refused_as_nothing_pruned(model, None, match="--mlp 0.5 matches nothing", mlp=0.5)
 
 
 def _bidirectional_stack(junction: str) -> onnx.ModelProto:
@@ -268,7 +267,7 @@ class _ReferenceSession:
     def get_outputs(self):
         return self._args(self._graph.output)
 
-    def run(self, names, feed):
+    def run(self, names, feed, *_):
         return self._eval.run(names, feed)
 
 
