@@ -50,7 +50,7 @@ def check_arrays(arrays: dict, model: onnx.ModelProto, p: str):
         )
     feeds = {i.name: arrays[i.name] for i in inputs}
     for vi in inputs:
-        _check_input_array(p, vi, feeds[vi.name])
+        feeds[vi.name] = _check_input_array(p, vi, feeds[vi.name])
     counts = {len(a) for a in feeds.values()}
     if len(counts) != 1 or 0 in counts:
         raise CalibrationError(
@@ -66,7 +66,9 @@ def check_arrays(arrays: dict, model: onnx.ModelProto, p: str):
     return feeds, labels
 
 
-def _check_input_array(p: str, vi: onnx.ValueInfoProto, a) -> None:
+def _check_input_array(p: str, vi: onnx.ValueInfoProto, a) -> np.ndarray:
+    """The array, checked against the input (a float array for a float input of another
+    precision, or an integer one for another integer width, is cast; other kinds refused)."""
     a = np.asarray(a)
     name = vi.name
     if a.dtype == object:
@@ -74,7 +76,10 @@ def _check_input_array(p: str, vi: onnx.ValueInfoProto, a) -> None:
     t = vi.type.tensor_type
     want = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type) if t.elem_type else None
     if want is not None and a.dtype != want:
-        raise CalibrationError(f"{p}: {name} is {a.dtype}, the model takes {np.dtype(want)}")
+        same_kind = a.dtype.kind == np.dtype(want).kind and a.dtype.kind in "fiu"
+        if not same_kind and not (a.dtype.kind in "iu" and np.dtype(want).kind in "iu"):
+            raise CalibrationError(f"{p}: {name} is {a.dtype}, the model takes {np.dtype(want)}")
+        a = a.astype(want)
     if a.ndim == 0 or a.size == 0:
         raise CalibrationError(f"{p}: {name} is empty (shape {a.shape})")
     if t.HasField("shape"):
@@ -92,6 +97,7 @@ def _check_input_array(p: str, vi: onnx.ValueInfoProto, a) -> None:
     if a.dtype.kind in "fc" and not np.isfinite(a).all():
         bad = int(np.count_nonzero(~np.isfinite(a)))
         raise CalibrationError(f"{p}: {name} holds {bad} NaN/Inf values")
+    return a
 
 
 def fixed_batch(model: onnx.ModelProto) -> int | None:

@@ -86,7 +86,11 @@ def build_pipeline(opts: PruneOptions) -> list[Pass]:
         passes.append(FitReconstruction(recon))
     passes += [RefoldCounts(), SliceConstants(), DropBlocks(), Export(), Parity()]
     if recon.name != "none":
-        passes += [ApplyReconstruction(recon), Export(), Parity(after_reconstruction=True)]
+        passes += [
+            ApplyReconstruction(recon),
+            Export(after_reconstruction=True),
+            Parity(after_reconstruction=True),
+        ]
     return passes
 
 

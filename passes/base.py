@@ -56,6 +56,7 @@ class PassContext:
     parity_feeds: list = field(default_factory=list)  # fed to parity besides random inputs
     keep_value_info: bool = True  # the input carried intermediate shapes
     shapes: object = None  # InputShapes: MACs are counted and parity runs at these
+    reconstructed: bool = False  # a reconstruct-X pass changed the pruned graph
     removal: object = None
     reference: object = None  # the masked original (parity)
     updates: dict = field(default_factory=dict)  # reconstruction name -> updates

@@ -15,7 +15,12 @@ from .base import Pass, PassContext, PassResult
 class Export(Pass):
     name = "export"
 
+    def __init__(self, after_reconstruction: bool = False):
+        self.after_reconstruction = after_reconstruction
+
     def run(self, graph, ctx: PassContext) -> PassResult:
+        if self.after_reconstruction and not ctx.reconstructed:
+            return PassResult(False, "skipped: nothing was reconstructed")
         out = export_model(graph, template=ctx.original)
         check_model(out, original=ctx.original)
         ctx.after = summarize(out)

@@ -21,6 +21,8 @@ class Parity(Pass):
             session(ctx.pruned)  # it must at least load
             ctx.parity = ParityResult("skipped")
             return PassResult(False, "skipped; the model loads in ONNX Runtime")
+        if self.after_reconstruction and not ctx.reconstructed:
+            return PassResult(False, "skipped: nothing was reconstructed; the verdict stands")
         checked = None
         if self.after_reconstruction and ctx.parity is not None:
             if ctx.parity.status == "failed":

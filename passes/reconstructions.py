@@ -9,6 +9,10 @@ first), and ``reconstruct-<name>`` applies them to the pruned graph.
 
 from __future__ import annotations
 
+import numpy as np
+
+from graphprune.errors import RewriteError
+
 from .base import Pass, PassContext, PassResult
 from .reconstruct import Update, apply_updates, plan_updates
 from .reconstruct_layerwise import layerwise_updates
@@ -103,8 +107,16 @@ class FitReconstruction(Pass):
         self.name = f"fit-{recon.name}"
 
     def run(self, graph, ctx: PassContext) -> PassResult:
-        ctx.updates[self.recon.name] = self.recon.fit(ctx)
-        return PassResult(False, f"{len(ctx.updates[self.recon.name])} consumers fitted")
+        updates = self.recon.fit(ctx)
+        for up in updates:  # a degenerate fit must never be written
+            for what, arr in (("weight", up.weight), ("bias", up.bias)):
+                if arr is not None and not np.isfinite(arr).all():
+                    raise RewriteError(
+                        f"the {self.recon.name} refit of {up.node.name} has non-finite "
+                        f"{what} values; nothing written (try a larger --damping)"
+                    )
+        ctx.updates[self.recon.name] = updates
+        return PassResult(False, f"{len(updates)} consumers fitted")
 
 
 class ApplyReconstruction(Pass):
@@ -120,4 +132,5 @@ class ApplyReconstruction(Pass):
         if ctx.parity is not None and ctx.parity.status == "failed":
             return PassResult(False, "skipped: the plain removal failed parity")
         done = apply_updates(ctx.removal, ctx.updates.get(self.recon.name, []))
+        ctx.reconstructed = done > 0
         return PassResult(done > 0, f"{done} consumers reconstructed")

@@ -81,7 +81,7 @@ def test_data_criterion_without_calibration_is_a_usage_error():
     [
         ({"x": np.zeros((0, 16), np.float32)}, "x is empty"),
         ({"x": np.full((4, 16), np.nan, np.float32)}, "x holds 64 NaN/Inf values"),
-        ({"x": np.zeros((4, 16), np.float64)}, "x is float64, the model takes float32"),
+        ({"x": np.zeros((4, 16), np.int64)}, "x is int64, the model takes float32"),
         ({"x": np.zeros((4, 15), np.float32)}, "the model fixes dim 1 at 16"),
         ({"x": np.zeros((4, 2, 16), np.float32)}, "has rank 3"),
         ({"wrong": np.zeros((4, 16), np.float32)}, "no array for graph input"),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -342,3 +343,26 @@ def test_an_input_onnx_runtime_cannot_load_is_exit_3(tmp_path, capsys):
 def test_a_directory_as_the_model_says_so(tmp_path, capsys):
     assert main(["prune", str(tmp_path), "-o", str(tmp_path / "o.onnx")]) == 3
     assert "is a directory" in capsys.readouterr().err
+
+
+def test_a_non_finite_refit_is_exit_5_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from graphprune.passes.reconstructions import RECONSTRUCTIONS
+
+    lsq = RECONSTRUCTIONS["lsq"]
+    real_fit = type(lsq).fit
+
+    def nan_fit(self, ctx):
+        updates = real_fit(self, ctx)
+        updates[0].bias[:] = np.nan  # what a degenerate Gram matrix would give
+        return updates
+
+    monkeypatch.setattr(type(lsq), "fit", nan_fit)
+    calib = ROOT / "models" / "digits" / "digits_calib.npz"
+    out = tmp_path / "x.onnx"
+    code = main(
+        ["prune", str(DIGITS), "-o", str(out), "--reconstruct", "lsq", "--calib", str(calib)]
+    )
+    assert code == 5
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite bias values" in err[0]
+    assert list(tmp_path.iterdir()) == []

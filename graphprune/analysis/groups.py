@@ -195,7 +195,12 @@ def _is_weight(d: Dim) -> bool:
     if d.kind != "const":
         return False
     t = d.node.inputs[d.slot]
-    return isinstance(t, gs.Constant) and t.values.dtype.kind == "f"
+    if not isinstance(t, gs.Constant):
+        return False
+    if t.values.dtype.kind == "f":
+        return True
+    rule = rule_for(d.node)
+    return rule is not None and d.slot in rule.weight_slots
 
 
 def _build_groups(space: ElementSpace, labels: np.ndarray) -> list[Group]:

@@ -178,6 +178,9 @@ class OpRule:
     #: the kind of a group whose units this op's weights carry ("channel", "neuron", ...);
     #: a group takes the kind of the first such op among its dims (heads are tagged instead)
     unit_kind: str | None = None
+    #: input slots whose constant is a weight even when it is not float (the integer data
+    #: of DequantizeLinear): a component holding one is a unit
+    weight_slots: tuple[int, ...] = ()
 
     def link(self, node: gs.Node, ctx) -> None:  # pragma: no cover - interface
         raise NotImplementedError
