@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import calibration
+from . import calibration, progress
 from .errors import GraphpruneError, NothingPruned, ParityError, UsageError
 from .graph import load_model
 from .options import GQA_MODES, OPTIONS, PruneOptions, epilog
@@ -140,6 +140,15 @@ def _progress_bar(done: int, total: int) -> None:
     )
 
 
+def _show_stage(name: str) -> None:
+    print(f"\r\033[Kgraphprune: {name}...", end="", file=sys.stderr, flush=True)
+
+
+def _clear_stage() -> None:
+    if _show_stage in progress.LISTENERS:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+
+
 def prune_options(args) -> PruneOptions:
     """The flags given, as the user typed them, handed to PruneOptions to parse and check."""
     return PruneOptions(**{o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)})
@@ -156,6 +165,7 @@ def cmd_prune(args) -> int:
         load_model(args.model)  # raises the one-line reason (missing, a directory)
     if sys.stderr.isatty() and _progress_bar not in calibration.PROGRESS:
         calibration.PROGRESS.append(_progress_bar)
+        progress.LISTENERS.append(_show_stage)
     try:
         result = prune_model(args.model, opts)
     except NothingPruned as e:
@@ -177,6 +187,7 @@ def cmd_prune(args) -> int:
     if args.json:
         out.add_json(args.json, rep)
     out.commit()  # every output, or none
+    _clear_stage()
     print(format_summary(rep))
     return 0
 
@@ -205,6 +216,7 @@ def main(argv=None) -> int:
         }
         return commands[args.cmd](args)
     except GraphpruneError as e:
+        _clear_stage()
         if e.exit_code == 1 and os.environ.get("GRAPHPRUNE_DEBUG"):
             raise
         msg = " ".join(str(e).split())

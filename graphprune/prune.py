@@ -39,6 +39,7 @@ from .metrics import summarize
 from .options import PruneOptions
 from .outcome import check_options_match, check_plan_removes
 from .plan import Plan
+from .progress import stage
 from .shapes import InputShapes, macs_at, resolve
 from .validate import ParityResult, check_input, random_feed, run_error
 
@@ -105,6 +106,7 @@ def prune_model(
     if plan is not None:
         opts = PruneOptions(**{**vars(opts), "plan": plan})
     t = {"start": time.perf_counter()}
+    stage("load")
     file_bytes = None
     if not isinstance(model, onnx.ModelProto):
         file_bytes = Path(model).stat().st_size if Path(model).is_file() else None
@@ -114,9 +116,11 @@ def prune_model(
         given_plan = Plan.load(given_plan)
     feeds = calibration_feeds(opts.calib, model) if opts.calib is not None else []
     eval_data = load_data(opts.eval, model) if opts.eval is not None else None
+    stage("input check")
     shapes = input_shapes(model, opts, given_plan, feeds, eval_data)
     t["load"] = time.perf_counter()
     given_value_info = list(model.graph.value_info)
+    stage("shape inference")
     infer_shapes(model)  # fills value_info in place (restored below)
     try:
         before = summarize(model, with_bytes=file_bytes is None)
@@ -124,14 +128,17 @@ def prune_model(
             before["macs"] = macs_at(model, shapes)
         if file_bytes is not None:  # measuring a freshly parsed 100 MB proto costs ~0.2 s
             before["bytes"] = file_bytes
+        stage("analysis")
         graph = import_graph(model, inferred=True)
         gqa = given_plan.gqa if given_plan is not None else opts.gqa
         analysis = analyze(graph, opset_of(model), tuple(opts.exclude), gqa)
         if given_plan is None:
             check_options_match(analysis, opts, model)
         t["analyze"] = time.perf_counter()
+        stage("calibration")
         acts = _calibrate(model, analysis, opts, feeds)
         t["calibrate"] = time.perf_counter()
+        stage("planning")
         if given_plan is None:
             given_plan = _new_plan(model, analysis, opts, acts, feeds)
         check_plan_removes(given_plan, analysis, opts, model)
@@ -155,6 +162,7 @@ def prune_model(
     finally:
         del model.graph.value_info[:]
         model.graph.value_info.extend(given_value_info)
+    stage("evaluation")
     evaluation = _evaluate(model, ctx.pruned, eval_data, opts.eval) if eval_data else {}
     t["evaluate"] = time.perf_counter()
     keys = list(t)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import onnx_graphsurgeon as gs
 
 from graphprune.errors import GraphpruneError, PassFailed
+from graphprune.progress import stage
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class PassManager:
             if missing:
                 raise PassFailed(p.name, RuntimeError(f"needs {', '.join(missing)} first"))
             start = time.perf_counter()
+            stage(f"pass {p.name}")
             try:
                 res = p.run(graph, ctx)
             except GraphpruneError as e:
