@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from .analysis.context import tensor_shape
 from .analysis.groups import Analysis, Group
 from .analysis.shape_values import symbolic_shape
-from .errors import UsageError
+from .errors import NothingPruned, UsageError
 from .importance import group_contractions
 
 
@@ -123,6 +123,13 @@ def select_blocks(analysis: Analysis, opts, model=None, feeds=()) -> list[Block]
         raise UsageError(
             f"--drop-layers-list: no block {bad[0]} (this model has "
             f"{len(blocks)} droppable blocks; see `graphprune analyze`)"
+        )
+    if not blocks:
+        flag = "--drop-layers" if opts.drop_layers else "--drop-layers-list"
+        raise NothingPruned(
+            f"{flag} matches nothing: this model has no droppable blocks (a residual "
+            "sub-block whose removal leaves a valid graph; see `graphprune analyze`)",
+            flag,
         )
     if opts.drop_layers > len(blocks):
         raise UsageError(

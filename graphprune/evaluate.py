@@ -3,6 +3,7 @@ optional ``labels`` array; accuracy is argmax of the first output against the la
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -18,10 +19,10 @@ def load_npz(path, model: onnx.ModelProto) -> tuple[dict[str, np.ndarray], np.nd
         raise CalibrationError(f"{p}: is a directory, not an .npz file")
     if not p.is_file():
         raise CalibrationError(f"{p}: no such file")
+    if not zipfile.is_zipfile(p):
+        raise CalibrationError(f"{p}: not an .npz file (numpy's zip of arrays, np.savez)")
     try:
         with np.load(p, allow_pickle=False) as data:  # never unpickle a user's file
-            if not hasattr(data, "files"):
-                raise ValueError("a single .npy array, not an .npz archive")
             arrays = {k: data[k] for k in data.files}
     except Exception as e:  # zipfile, pickle refusal, truncation: all "not readable"
         msg = " ".join(str(e).split())

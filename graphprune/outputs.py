@@ -32,6 +32,9 @@ class Outputs:
             if target.is_dir():
                 raise IsADirectoryError(21, "is a directory", str(path))
             missing = [d for d in (target.parent, *target.parent.parents) if not d.exists()]
+            first = (target.parent, *target.parent.parents)[len(missing)]
+            if not first.is_dir():
+                raise NotADirectoryError(20, f"{first} is not a directory", str(path))
             target.parent.mkdir(parents=True, exist_ok=True)
             self._dirs += reversed(missing)  # outermost first; discard removes them in reverse
             fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)

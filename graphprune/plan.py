@@ -47,10 +47,56 @@ class Plan:
     def load(cls, path) -> Plan:
         try:
             data = json.loads(Path(path).read_text())
-            groups = [GroupPlan(**g) for g in data.pop("groups")]
-            return cls(groups=groups, **data)
-        except (OSError, ValueError, TypeError, KeyError) as e:
+        except (OSError, ValueError) as e:
             raise PlanError(f"{path}: not a graphprune plan ({e})") from e
+        return cls.from_dict(data, str(path))
+
+    @classmethod
+    def from_dict(cls, data, where: str = "plan") -> Plan:
+        """A plan from its JSON form, every field type-checked (a plan file is user input)."""
+
+        def bad(why: str) -> PlanError:
+            return PlanError(f"{where}: not a graphprune plan ({why})")
+
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+            raise bad("expected an object with a 'groups' list")
+        if data.get("version", PLAN_VERSION) != PLAN_VERSION:
+            raise bad(f"version {data.get('version')!r}; this graphprune reads {PLAN_VERSION}")
+        groups = []
+        for g in data["groups"]:
+            if not isinstance(g, dict):
+                raise bad("a group is not an object")
+            try:
+                gp = GroupPlan(**g)
+            except TypeError as e:
+                raise bad(str(e)) from None
+            ok = (
+                isinstance(gp.key, str)
+                and isinstance(gp.kind, str)
+                and _is_int(gp.units)
+                and isinstance(gp.remove, list)
+                and all(_is_int(u) for u in gp.remove)
+                and isinstance(gp.approximate, bool)
+                and isinstance(gp.drop, bool)
+            )
+            if not ok:
+                raise bad(f"group {g.get('key')!r} has a field of the wrong type")
+            groups.append(gp)
+        rest = {k: v for k, v in data.items() if k != "groups"}
+        try:
+            plan = cls(groups=groups, **rest)
+        except TypeError as e:
+            raise bad(str(e)) from None
+        shapes = plan.input_shapes
+        if not isinstance(shapes, dict) or not all(
+            isinstance(s, list) and all(_is_int(d) and d > 0 for d in s) for s in shapes.values()
+        ):
+            raise bad("input_shapes must map input names to lists of positive integers")
+        return plan
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def removed_labels(plan: Plan, analysis: Analysis) -> np.ndarray:

@@ -31,6 +31,7 @@ from .analysis.groups import Analysis, analyze
 from .calibration import Activations, calibration_feeds, capture
 from .criteria import CRITERIA, score_groups
 from .depth import select_blocks
+from .errors import PlanError, UsageError
 from .evaluate import accuracy, load_data, output_deviation, run_outputs
 from .graph import import_graph, infer_shapes, load_model
 from .importance import calibration_targets
@@ -186,16 +187,21 @@ def input_shapes(model, opts: PruneOptions, plan: Plan | None, feeds, eval_data)
     """The input model checked (it loads in ONNX Runtime, exit 3 if not) and the size of
     every input: given, from a replayed plan, from the data, or probed on the original."""
     sess = check_input(model)
-    given = opts.input_shape
-    if not given and plan is not None and plan.input_shapes:
-        given = {n: tuple(s) for n, s in plan.input_shapes.items()}
     data = feeds[0] if feeds else (eval_data[0] if eval_data else None)
 
     def error_at(shape_map) -> str | None:
         rng = np.random.default_rng(opts.seed)
         return run_error(sess, random_feed(model, sess, shape_map, rng))
 
-    return resolve(model, given, data, lambda shape_map: error_at(shape_map) is None, error_at)
+    def at(given):
+        return resolve(model, given, data, lambda shapes: error_at(shapes) is None, error_at)
+
+    if opts.input_shape or plan is None or not plan.input_shapes:
+        return at(opts.input_shape)
+    try:  # the sizes a replayed plan was made at
+        return at({n: tuple(s) for n, s in plan.input_shapes.items()})
+    except UsageError as e:
+        raise PlanError(f"the plan was made for another model's inputs ({e})") from e
 
 
 def _calibrate(model, analysis: Analysis, opts: PruneOptions, feeds: list) -> Activations | None:

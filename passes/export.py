@@ -5,6 +5,8 @@ SkipLayerNormalization, slower on some CPUs)."""
 
 from __future__ import annotations
 
+import onnx
+
 from graphprune.graph import check_model, export_model
 from graphprune.metrics import summarize
 from graphprune.shapes import macs_at
@@ -22,6 +24,13 @@ class Export(Pass):
         if self.after_reconstruction and not ctx.reconstructed:
             return PassResult(False, "skipped: nothing was reconstructed")
         out = export_model(graph, template=ctx.original)
+        if out.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
+            listed = {i.name for i in out.graph.input}
+            out.graph.input.extend(
+                onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                for t in out.graph.initializer
+                if t.name not in listed
+            )
         check_model(out, original=ctx.original)
         ctx.after = summarize(out)
         if ctx.shapes is not None and ctx.shapes.symbolic:

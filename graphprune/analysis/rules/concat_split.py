@@ -136,7 +136,10 @@ class Slice(OpRule):
                 ctx.identity(src, dst)
             elif constant and isinstance(rng, range) and rng.step == 1:
                 ctx.offset(src, dst, rng.start)
-            # other steps, unknown sizes, run-time bounds: unmapped, so frozen
+            else:  # a stride picks every k-th unit, which no refold of the bounds can keep
+                why = "run-time bounds" if not constant else "step != 1 or size unknown"
+                ctx.freeze(src, f"sliced axis not mapped ({why})")
+                ctx.freeze(dst, f"sliced axis not mapped ({why})")
 
     def refold(self, node, rc):
         x = rc.old_shape(node.inputs[0])
