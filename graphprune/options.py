@@ -18,10 +18,13 @@ from pathlib import Path
 from .criteria import CRITERIA
 from .errors import UsageError
 from .passes.reconstructions import RECONSTRUCTIONS
+from .plan import Plan
 from .shapes import parse_input_shapes
 
 #: CLI flag -> group kind it sets a ratio for
 KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel", "recurrent": "recurrent"}
+#: every group kind a rule can give (``OpRule.unit_kind``, heads, or "other")
+GROUP_KINDS = (*KIND_FLAGS.values(), "other")
 GQA_MODES = {
     "kv": "a unit is one KV head with its query heads (whole KV groups go)",
     "query": "a unit is one query slot in every KV group (KV heads kept, n_rep re-folded)",
@@ -207,11 +210,25 @@ def _choice(flag: str, value, choices) -> str:
     return value
 
 
+def _bool(flag: str, value) -> bool:
+    """A bool, or its usual spellings (a config file's "false" is not True)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise UsageError(f"{flag} takes true or false, got {value!r}")
+
+
 def _indices(flag: str, value) -> tuple[int, ...]:
     if isinstance(value, str):
         parts = [x.strip() for x in value.split(",") if x.strip()]
-    else:
+    elif isinstance(value, list | tuple | set | frozenset):
         parts = list(value)
+    else:
+        raise UsageError(f"{flag} takes block indices I,J,..., got {value!r}")
     out = tuple(_count(flag, x, 0) for x in parts)
     if len(set(out)) != len(out):
         raise UsageError(f"{flag} names a block twice: {value!r}")
@@ -268,6 +285,10 @@ class PruneOptions:
             self.ratio = _ratio("--ratio", self.ratio)
         ratios = {}
         for kind, r in dict(self.ratios or {}).items():
+            if kind not in GROUP_KINDS:
+                raise UsageError(
+                    f"ratios: no group kind {kind!r}; kinds are {', '.join(GROUP_KINDS)}"
+                )
             flag = next((f"--{f}" for f, k in KIND_FLAGS.items() if k == kind), f"ratio {kind}")
             ratios[str(kind)] = _ratio(flag, r)
         for flag, kind in KIND_FLAGS.items():
@@ -294,7 +315,7 @@ class PruneOptions:
             self.target_params = _fraction("--target-params", self.target_params)
         if self.target_macs is not None and self.target_params is not None:
             raise UsageError("give --target-macs or --target-params, not both")
-        self.global_rank = bool(self.global_rank)
+        self.global_rank = _bool("--global", self.global_rank)
         self.round_to = _count("--round-to", self.round_to, 1)
         self.min_keep = _count("--min-keep", self.min_keep, 1)
         self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
@@ -304,7 +325,14 @@ class PruneOptions:
         self.input_shape = parse_input_shapes("--input-shape", self.input_shape or None)
         if self.plan is not None and isinstance(self.plan, str | Path) and not str(self.plan):
             raise UsageError("--plan takes a path, got ''")
-        self.parity = bool(self.parity)
+        if self.plan is not None and not isinstance(self.plan, str | Path | Plan):
+            raise UsageError(f"--plan takes a path or a Plan, got {type(self.plan).__name__}")
+        self.parity = _bool("--no-parity", self.parity)
+        if self.parity_feeds is not None and not (
+            isinstance(self.parity_feeds, list | tuple)
+            and all(isinstance(f, dict) for f in self.parity_feeds)
+        ):
+            raise UsageError("parity_feeds takes a list of feed dicts (input name -> array)")
         if self.calib is None:
             needs = self.needs_calibration()
             if needs:

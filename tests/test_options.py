@@ -207,3 +207,28 @@ def test_a_run_captures_only_what_it_uses(criterion, reconstruct, captured, monk
     opts = PruneOptions(ratio=0.25, criterion=criterion, reconstruct=reconstruct, calib=CALIB)
     prune_model(DIGITS, opts)
     assert calls == ([] if captured is None else [captured])
+
+
+def test_an_unknown_kind_in_ratios_is_refused():
+    with pytest.raises(UsageError, match="no group kind 'heads'; kinds are head, neuron"):
+        PruneOptions(ratios={"heads": 0.5})
+
+
+@pytest.mark.parametrize(
+    "kw,needle",
+    [
+        ({"parity": "maybe"}, "--no-parity takes true or false"),
+        ({"global_rank": "sometimes"}, "--global takes true or false"),
+        ({"drop_list": 3}, "--drop-layers-list takes block indices"),
+        ({"plan": 3}, "--plan takes a path or a Plan"),
+        ({"parity_feeds": [1, 2]}, "parity_feeds takes a list of feed dicts"),
+    ],
+)
+def test_api_values_of_the_wrong_type_are_usage_errors(kw, needle):
+    with pytest.raises(UsageError, match=needle):
+        PruneOptions(**kw)
+
+
+def test_spelled_booleans_mean_what_they_say():
+    assert PruneOptions(parity="false").parity is False
+    assert PruneOptions(global_rank="yes").global_rank is True
