@@ -121,7 +121,7 @@ class Allocator:
 
     def for_budget(self, what: str, target: float) -> Counts:
         """Bisect a scale until the candidate keeps ``target`` of the ``what`` ("macs",
-        "params" or "units") within 2%: uniformly the scale multiplies ``ratio`` and every
+        "params") within 2%: uniformly the scale multiplies ``ratio`` and every
         per-kind ratio (so their proportions hold); with ``--global`` it is one threshold
         over every unit's group-normalised score."""
         o = self.opts
@@ -198,9 +198,6 @@ class Allocator:
         return out
 
     def price(self, counts: Counts, what: str) -> float:
-        if what == "units":
-            total = sum(g.units for g in self.prunable)
-            return float(total - sum(k for k in counts.values()))
         if self._cost is None:
             self._cost = CostModel(self.analysis)
         groups = self.analysis.groups

@@ -4,7 +4,6 @@ step; ``build_pipeline`` assembles the passes from it and the ``PassManager`` ru
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,8 +42,6 @@ from .plan import Plan
 from .progress import stage
 from .shapes import InputShapes, macs_at, resolve
 from .validate import ParityResult, check_input, random_feed, run_error
-
-log = logging.getLogger(__name__)
 
 __all__ = ["PruneOptions", "PruneResult", "analyze_model", "build_pipeline", "prune_model"]
 
