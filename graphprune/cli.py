@@ -209,6 +209,8 @@ def main(argv=None) -> int:
         args = _parser().parse_args(argv)
         level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+        if not args.verbose:  # ORT's symbolic shape inference warns about what it guessed
+            logging.getLogger("onnxruntime").setLevel(logging.ERROR)
         commands = {
             "analyze": cmd_analyze,
             "prune": cmd_prune,

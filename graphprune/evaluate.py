@@ -52,7 +52,7 @@ def check_arrays(arrays: dict, model: onnx.ModelProto, p: str):
     feeds = {i.name: arrays[i.name] for i in inputs}
     for vi in inputs:
         feeds[vi.name] = _check_input_array(p, vi, feeds[vi.name])
-    counts = {len(a) for a in feeds.values()}
+    counts = {len(a) for a in feeds.values() if np.ndim(a) > 0} or {1}  # scalars: per run
     if len(counts) != 1 or 0 in counts:
         raise CalibrationError(
             f"{p}: inputs need the same, non-zero number of samples (got {sorted(counts)})"
@@ -81,9 +81,14 @@ def _check_input_array(p: str, vi: onnx.ValueInfoProto, a) -> np.ndarray:
         if not same_kind and not (a.dtype.kind in "iu" and np.dtype(want).kind in "iu"):
             raise CalibrationError(f"{p}: {name} is {a.dtype}, the model takes {np.dtype(want)}")
         a = a.astype(want)
-    if a.ndim == 0 or a.size == 0:
+    scalar_input = t.HasField("shape") and len(t.shape.dim) == 0
+    if (a.ndim == 0 and not scalar_input) or a.size == 0:
         raise CalibrationError(f"{p}: {name} is empty (shape {a.shape})")
-    if t.HasField("shape"):
+    if scalar_input and a.ndim != 0:
+        raise CalibrationError(
+            f"{p}: {name} is a scalar input (one value for every run), got shape {a.shape}"
+        )
+    if t.HasField("shape") and not scalar_input:
         dims = t.shape.dim
         if a.ndim != len(dims):
             raise CalibrationError(
@@ -113,10 +118,11 @@ def fixed_batch(model: onnx.ModelProto) -> int | None:
 
 def batches(feeds: dict[str, np.ndarray], size: int, exact: bool):
     """Chunks of ``size`` samples; with ``exact`` (a fixed batch dim) a short tail is dropped."""
-    n = len(next(iter(feeds.values())))
+    n = max((len(v) for v in feeds.values() if np.ndim(v) > 0), default=1)
     for s in range(0, n, size):
-        chunk = {k: v[s : s + size] for k, v in feeds.items()}
-        if not exact or len(next(iter(chunk.values()))) == size:
+        # a scalar input (a sample rate, a threshold) is the same for every batch
+        chunk = {k: v[s : s + size] if np.ndim(v) > 0 else v for k, v in feeds.items()}
+        if not exact or min(len(v) for v in chunk.values() if np.ndim(v) > 0) == size:
             yield chunk
 
 

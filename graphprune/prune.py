@@ -186,9 +186,11 @@ def input_shapes(model, opts: PruneOptions, plan: Plan | None, feeds, eval_data)
     sess = check_input(model)
     data = feeds[0] if feeds else (eval_data[0] if eval_data else None)
 
+    scalars = {k: v for k, v in (data or {}).items() if np.ndim(v) == 0}
+
     def error_at(shape_map) -> str | None:
         rng = np.random.default_rng(opts.seed)
-        return run_error(sess, random_feed(model, sess, shape_map, rng))
+        return run_error(sess, random_feed(model, sess, shape_map, rng, scalars))
 
     def at(given):
         return resolve(model, given, data, lambda shapes: error_at(shapes) is None, error_at)

@@ -100,7 +100,8 @@ def format_summary(rep: dict) -> str:
     shapes = rep.get("input_shapes") or {}
     if any(v["from"] != "static" for v in shapes.values()):
         at = ", ".join(
-            f"{n} {'x'.join(map(str, v['shape']))} ({v['from']})" for n, v in shapes.items()
+            f"{n} {'x'.join(map(str, v['shape'])) or 'scalar'} ({v['from']})"
+            for n, v in shapes.items()
         )
         lines.append(f"            MACs counted at {at}")
     p = rep["parity"]

@@ -110,7 +110,11 @@ class InputShapes:
         return {n: {"shape": list(s), "from": self.source[n]} for n, s in self.shapes.items()}
 
     def text(self) -> str:
-        return ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in self.shapes.items())
+        return ", ".join(f"{n} {_dims_text(s)}" for n, s in self.shapes.items())
+
+
+def _dims_text(shape) -> str:
+    return "x".join(map(str, shape)) if len(shape) else "scalar"
 
 
 def _kind(vi: onnx.ValueInfoProto, rank: int) -> str:
@@ -215,6 +219,13 @@ def _probe(out: InputShapes, pending, runs) -> None:
     kind = "image" if "image" in kinds else "tokens" if kinds == {"tokens"} else "other"
     only_batch = all(isinstance(d, int) for _, dims in pending for d in dims[1:])
     ladder = (1,) if only_batch else _LADDERS[kind]
+
+    # a dim named like a batch (or like some input's leading dim) is a batch: 1
+    batch_names = {dims[0] for _, dims in pending if dims and isinstance(dims[0], str)}
+    for _, dims in pending:
+        for d in dims:
+            if isinstance(d, str) and ("batch" in d.lower() or d in batch_names):
+                known[d] = 1
 
     def shapes_at(value: int) -> dict[str, tuple[int, ...]]:
         return {vi.name: _fill(dims, 1, value, known) for vi, dims in pending}

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .errors import ModelLoadError, RewriteError
+from .errors import CalibrationError, ModelLoadError, RewriteError
 
 log = logging.getLogger(__name__)
 ort.set_default_logger_severity(3)  # ORT's own stderr lines would break the one-line rule
@@ -99,11 +99,15 @@ def random_feed(
     sess: ort.InferenceSession,
     shapes: dict[str, tuple[int, ...]],
     rng: np.random.Generator,
+    values: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """One random feed at ``shapes`` (inputs absent from it: declared dims, 1 for the
-    batch and 8 for other symbolic dims)."""
-    feed = {}
+    batch and 8 for other symbolic dims); ``values`` are taken as they are (a scalar input
+    such as a sample rate, from the data)."""
+    feed = dict(values or {})
     for inp in sess.get_inputs():
+        if inp.name in feed:
+            continue
         shape = shapes.get(inp.name)
         if shape is None:
             shape = [
@@ -129,13 +133,14 @@ def random_feeds(
     n: int = 3,
     seed: int = 0,
     shapes=None,
+    values: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """``n`` random feeds at ``shapes`` (an ``InputShapes``); the last one doubles the
     batch of inputs whose batch dim is symbolic, so batch independence is checked too."""
     rng = np.random.default_rng(seed)
     at = dict(shapes.shapes) if shapes is not None else {}
     dynamic = shapes.dynamic_batch if shapes is not None else set()
-    feeds = [random_feed(model, sess, at, rng) for _ in range(max(n - 1, 0))]
+    feeds = [random_feed(model, sess, at, rng, values) for _ in range(max(n - 1, 0))]
     if n > 0:
         last = {k: (2 * s[0], *s[1:]) if k in dynamic else s for k, s in at.items()}
         if not at:  # no shapes known: the old defaults (batch 2, symbolic dims 8)
@@ -146,7 +151,7 @@ def random_feeds(
                 )
                 for i in sess.get_inputs()
             }
-        feeds.append(random_feed(model, sess, last, rng))
+        feeds.append(random_feed(model, sess, last, rng, values))
     return feeds
 
 
@@ -205,7 +210,9 @@ def compare(
     cannot run (a size the original rejects) is skipped; one that only the pruned model
     cannot run is a RewriteError."""
     ref_sess, new_sess = session(reference), session(pruned)
-    all_feeds = random_feeds(reference, ref_sess, n_random, seed, shapes) + list(feeds or [])
+    scalars = {k: v for k, v in (feeds or [{}])[0].items() if np.ndim(v) == 0}
+    all_feeds = random_feeds(reference, ref_sess, n_random, seed, shapes, scalars)
+    all_feeds += list(feeds or [])
     names = [o.name for o in ref_sess.get_outputs()]
     per: dict[str, dict[str, float]] = {}
     used = 0
@@ -218,6 +225,9 @@ def compare(
                     f"the masked reference fails on given data: {one_line(e)}"
                 ) from e
             log.info("parity: random feed %d skipped, the reference rejects it: %s", k, e)
+            continue
+        if k < n_random and not all(_finite(np.asarray(x)) for x in a):
+            log.info("parity: random feed %d skipped, the reference gives NaN/Inf on it", k)
             continue
         try:
             b = new_sess.run(names, feed, quiet_run())
@@ -255,7 +265,10 @@ def compare(
     if status == "failed":
         log.warning("parity failed: %s", per)
     if not used:
-        raise RewriteError("the masked reference runs on none of the parity inputs")
+        raise CalibrationError(
+            "the model gives no finite output on random inputs, so parity needs real ones: "
+            "give them with --calib (or --input-shape if a size is wrong)"
+        )
     return ParityResult(status, max_abs, max_rel, per, used)
 
 

@@ -24,6 +24,7 @@ class Export(Pass):
         if self.after_reconstruction and not ctx.reconstructed:
             return PassResult(False, "skipped: nothing was reconstructed")
         out = export_model(graph, template=ctx.original)
+        hoisted = hoist_subgraph_initializers(out)
         if out.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
             listed = {i.name for i in out.graph.input}
             out.graph.input.extend(
@@ -38,4 +39,44 @@ class Export(Pass):
         if not ctx.keep_value_info:
             del out.graph.value_info[:]
         ctx.pruned = out
-        return PassResult(False, f"{len(out.graph.node)} nodes, checker passed")
+        moved = f", {hoisted} subgraph weights kept in the main graph" if hoisted else ""
+        return PassResult(False, f"{len(out.graph.node)} nodes, checker passed{moved}")
+
+
+def _subgraphs(graph: onnx.GraphProto):
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield a.g
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                yield from a.graphs
+
+
+def hoist_subgraph_initializers(model: onnx.ModelProto) -> int:
+    """graphsurgeon exports an outer constant read inside If/Loop branches as an initializer
+    of every branch that reads it, so a weight the input held once would be stored once per
+    branch. Move such copies back to the main graph (subgraphs see outer names); a name the
+    main graph already uses for something else stays where it is. Returns copies moved."""
+    main = model.graph
+    inits = {t.name: t for t in main.initializer}
+    taken = {v.name for v in main.input} | {o for n in main.node for o in n.output}
+    moved = 0
+    stack = list(_subgraphs(main))
+    while stack:
+        g = stack.pop()
+        stack.extend(_subgraphs(g))
+        inner = {v.name for v in g.input} | {o for n in g.node for o in n.output}
+        keep = []
+        for t in g.initializer:
+            have = inits.get(t.name)
+            if t.name in taken or t.name in inner or (have is not None and have != t):
+                keep.append(t)
+                continue
+            if have is None:
+                main.initializer.append(t)
+                inits[t.name] = main.initializer[-1]
+            moved += 1
+        if len(keep) != len(g.initializer):
+            del g.initializer[:]
+            g.initializer.extend(keep)
+    return moved
