@@ -112,6 +112,8 @@ def format_summary(rep: dict) -> str:
             f"  parity    {p['status']} (max abs diff {p['max_abs_diff']:.2e}, "
             f"max rel diff {p['max_rel_diff']:.2e}, {p['inputs']} inputs)"
         )
+        if p.get("note"):
+            lines.append(f"            {p['note']}")
         if p.get("mask_check"):  # reconstructed: the plain removal was checked first
             lines.append(
                 f"            before reconstruction: {p['mask_check']} vs the masked original"

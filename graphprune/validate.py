@@ -182,6 +182,8 @@ class ParityResult:
     n_inputs: int = 0
     #: with reconstruction: the mask-equivalence verdict of the plan before it
     mask_check: str | None = None
+    #: how the models were compared when not as they are (QDQ: the float path)
+    note: str | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -191,6 +193,7 @@ class ParityResult:
             "per_output": self.per_output,
             "inputs": self.n_inputs,
             "mask_check": self.mask_check,
+            "note": self.note,
         }
 
 
@@ -209,6 +212,10 @@ def compare(
     only a shape mismatch or a non-finite value fails. A random feed the reference itself
     cannot run (a size the original rejects) is skipped; one that only the pruned model
     cannot run is a RewriteError."""
+    note = None
+    if quantized_activations(reference):
+        reference, pruned = float_path(reference), float_path(pruned)
+        note = "float path: activation QuantizeLinear/DequantizeLinear pairs bypassed"
     ref_sess, new_sess = session(reference), session(pruned)
     scalars = {k: v for k, v in (feeds or [{}])[0].items() if np.ndim(v) == 0}
     all_feeds = random_feeds(reference, ref_sess, n_random, seed, shapes, scalars)
@@ -269,7 +276,38 @@ def compare(
             "the model gives no finite output on random inputs, so parity needs real ones: "
             "give them with --calib (or --input-shape if a size is wrong)"
         )
-    return ParityResult(status, max_abs, max_rel, per, used)
+    return ParityResult(status, max_abs, max_rel, per, used, note=note)
+
+
+def quantized_activations(model: onnx.ModelProto) -> bool:
+    """Whether ``model`` quantizes activations (QuantizeLinear of a computed tensor)."""
+    inits = {t.name for t in model.graph.initializer}
+    return any(n.op_type == "QuantizeLinear" and n.input[0] not in inits for n in model.graph.node)
+
+
+def float_path(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose activation QuantizeLinear -> DequantizeLinear pairs pass the
+    float through. Rounding an activation to its quantization step turns a last-bit
+    difference of summation order (fewer terms summed, not the same terms plus zeros) into
+    a whole step, which later layers amplify; without the rounding, the pruned and the
+    masked model must agree to float precision, which is what parity proves. Weight
+    DequantizeLinear nodes stay: the pruned integer weights are what is checked."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    inits = {t.name for t in copy.graph.initializer}
+    quantized = {
+        n.output[0]: n.input[0]
+        for n in copy.graph.node
+        if n.op_type == "QuantizeLinear" and n.input[0] not in inits
+    }
+    for n in copy.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0] in quantized:
+            source = quantized[n.input[0]]
+            n.op_type = "Identity"
+            del n.input[:]
+            n.input.append(source)
+            del n.attribute[:]
+    return copy
 
 
 def _rel_tol(dtype: np.dtype) -> float:
