@@ -39,9 +39,17 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
 _SKELETON_KEEP = 4096  # initializers up to this many elements keep their data
 
 
-def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+def _skeleton(model: onnx.ModelProto, large_as_inputs: bool = False) -> onnx.ModelProto:
     """The model without the data of its large initializers: shape inference needs dims and
-    small shape constants only, and serialising 100 MB of weights twice costs ~0.5 s."""
+    small shape constants only, and serialising 100 MB of weights twice costs ~0.5 s.
+
+    ``large_as_inputs`` (for ORT's symbolic inference) declares them as graph inputs of their
+    shape instead: symbolic inference reads the value of every initializer an Add, Mul, Sub,
+    Div, Where ... takes (to propagate shape arithmetic) and fails on one without data (a
+    folded position-embedding constant ``[1, S, D]``), while a graph input is a tensor whose
+    value is simply unknown."""
+    from .ort_shapes import _has_data
+
     g = model.graph
     sk = onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import)
     sk.functions.extend(model.functions)
@@ -50,9 +58,16 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
     sg.input.extend(g.input)
     sg.output.extend(g.output)
     sg.value_info.extend(g.value_info)
+    declared = {vi.name for vi in g.input}
     for init in g.initializer:
-        if int(np.prod(init.dims)) <= _SKELETON_KEEP:
+        small = int(np.prod(init.dims)) <= _SKELETON_KEEP
+        if small and (not large_as_inputs or _has_data(init)):
             sg.initializer.append(init)
+        elif large_as_inputs:
+            if init.name not in declared:
+                sg.input.append(
+                    onnx.helper.make_tensor_value_info(init.name, init.data_type, init.dims)
+                )
         else:
             sg.initializer.append(
                 onnx.TensorProto(name=init.name, data_type=init.data_type, dims=init.dims)
@@ -63,9 +78,11 @@ def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
 def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     """Static shape inference with data propagation (so Shape→Reshape chains get shapes).
     Where it leaves a tensor unsized (``view(B, S, -1, H)`` with symbolic B, S) or the graph
-    has ONNX Runtime contrib ops, ORT's symbolic shape inference runs too, and each tensor
-    keeps whichever result knows more of its dims. Fills ``model.graph.value_info`` in place
-    and returns ``model``."""
+    has ONNX Runtime contrib ops, ORT's symbolic shape inference runs too; where a tensor is
+    still unsized after both (an op symbolic inference does not know or fails on), the
+    shapes come from running the model in ONNX Runtime (``graphprune.ort_shapes``: symbolic
+    input dims stay symbolic). Each tensor keeps whichever result knows most of its dims,
+    the earlier on a tie. Fills ``model.graph.value_info`` in place and returns ``model``."""
     skeleton = _skeleton(model)
     found: dict[str, onnx.ValueInfoProto] = {}
     try:
@@ -73,18 +90,33 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         found = {vi.name: vi for vi in onnx_result.graph.value_info}
     except Exception as e:
         log.warning("onnx shape inference failed (%s)", e)
+    io = {vi.name for vi in list(model.graph.input) + list(model.graph.output)}
     if _incomplete(model, found):
-        symbolic = _symbolic_infer(skeleton)
-        io = {vi.name for vi in list(model.graph.input) + list(model.graph.output)}
-        for vi in symbolic.graph.value_info if symbolic is not None else ():
-            if vi.name in io:  # declared I/O shapes are the contract; never override them
-                continue
-            if vi.name not in found or _known_dims(vi) > _known_dims(found[vi.name]):
-                found[vi.name] = vi
+        # declared I/O shapes are the contract; never override them
+        _merge(found, _symbolic_infer(_skeleton(model, large_as_inputs=True)), io)
+        unsized = _unsized(model, found)
+        if unsized:
+            from .ort_shapes import ort_shapes
+
+            log.info(
+                "%d tensors unsized by shape inference (%s ...); reading shapes from an "
+                "ONNX Runtime run",
+                len(unsized),
+                unsized[0],
+            )
+            _merge(found, ort_shapes(model), io)
     if found:
         del model.graph.value_info[:]
         model.graph.value_info.extend(found.values())
     return model
+
+
+def _merge(found: dict, more: dict, io: set) -> None:
+    for name, vi in more.items():
+        if name in io:
+            continue
+        if name not in found or _known_dims(vi) > _known_dims(found[name]):
+            found[name] = vi
 
 
 def _known_dims(vi: onnx.ValueInfoProto) -> int:
@@ -98,42 +130,83 @@ def _known_dims(vi: onnx.ValueInfoProto) -> int:
     )
 
 
-def _incomplete(model: onnx.ModelProto, found: dict) -> bool:
-    """Contrib ops, or a node output whose rank or some dim inference could not tell."""
-    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
-        return True
+def _unsized(model: onnx.ModelProto, found: dict) -> list[str]:
+    """Node outputs (graph outputs aside) whose rank or some dim is unknown."""
     outputs = {vi.name for vi in model.graph.output}
+    out = []
     for n in model.graph.node:
         for name in n.output:
             if not name or name in outputs:
                 continue
             vi = found.get(name)
-            if vi is None or _known_dims(vi) < len(vi.type.tensor_type.shape.dim):
-                return True
-    return False
+            if (
+                vi is None
+                or not vi.type.tensor_type.HasField("shape")
+                or _known_dims(vi) < len(vi.type.tensor_type.shape.dim)
+            ):
+                out.append(name)
+    return out
+
+
+def _incomplete(model: onnx.ModelProto, found: dict) -> bool:
+    """Contrib ops, or a node output whose rank or some dim inference could not tell."""
+    if any(n.domain not in ("", "ai.onnx") for n in model.graph.node):
+        return True
+    return bool(_unsized(model, found))
 
 
 _CWD_LOCK = threading.Lock()
 
 
-def _symbolic_infer(model: onnx.ModelProto) -> onnx.ModelProto | None:
-    """ORT's symbolic shape inference. It may write scratch files into the working
-    directory, so it runs inside a temporary one."""
+def _symbolic_infer(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """ORT's symbolic shape inference: every tensor it sized, also when it stops early. Its
+    public entry point raises on the first tensor it cannot size ("Incomplete symbolic shape
+    inference") and so loses every shape it did find; this drives the same steps and keeps
+    them. It may write scratch files into the working directory, so it runs inside a
+    temporary one."""
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
     except ImportError as e:
         log.warning("ORT symbolic shape inference unavailable (%s)", e)
-        return None
+        return {}
     with _CWD_LOCK, tempfile.TemporaryDirectory(prefix="graphprune-") as tmp:
         cwd = os.getcwd()
         os.chdir(tmp)
         try:
-            return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-        except Exception as e:  # missing sympy, or an op it does not know
-            log.warning("ORT symbolic shape inference failed (%s); using onnx's", e)
-            return None
+            return _symbolic_steps(SymbolicShapeInference, model)
         finally:
             os.chdir(cwd)
+
+
+def _symbolic_steps(engine_class, model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    names = {o for n in model.graph.node for o in n.output if o}
+    try:
+        engine = engine_class(2**31 - 1, True, False, 0)  # int_max, auto_merge, guess, verbose
+        engine._preprocess(model)
+        run = engine.run_
+    except Exception as e:  # the internals moved: the public entry point, all or nothing
+        log.debug("ORT symbolic shape inference internals unavailable (%s)", e)
+        try:
+            result = engine_class.infer_shapes(model, auto_merge=True)
+        except Exception as e:  # missing sympy, or an op it does not know
+            log.warning("ORT symbolic shape inference failed (%s); using onnx's", e)
+            return {}
+        return {vi.name: vi for vi in result.graph.value_info} if result is not None else {}
+    complete = False
+    try:
+        while run:
+            complete = engine._infer_impl()
+            run = engine.run_
+    except Exception as e:  # an op it fails on; keep what it sized before
+        log.info("ORT symbolic shape inference stopped (%s: %s)", type(e).__name__, e)
+    if not complete:
+        log.info("ORT symbolic shape inference sized only part of the graph")
+    known = getattr(engine, "known_vi_", {})
+    return {
+        name: vi
+        for name, vi in known.items()
+        if name in names and vi.type.tensor_type.HasField("shape")
+    }
 
 
 def import_graph(model: onnx.ModelProto, inferred: bool = False) -> gs.Graph:

@@ -4,12 +4,16 @@ unknown or non-positive axes count as 1."""
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from .analysis.rules import NodeView
-from .analysis.rules.registry import rule_for_op
+from .analysis.rules.registry import OpRule, rule_for_op
+
+log = logging.getLogger(__name__)
 
 
 def _shape_map(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
@@ -94,16 +98,34 @@ def count_params(model: onnx.ModelProto) -> int:
 
 def count_macs(model: onnx.ModelProto) -> int:
     """Multiply-accumulates of one run: the sum of every node's ``OpRule.macs`` terms, from
-    the shapes the proto carries (run shape inference first). Never negative."""
+    the shapes the proto carries (run shape inference first). Never negative. A node that
+    counts MACs but has a tensor of unknown rank counts none; that is logged, since a total
+    missing most of its MatMuls looks like a large reduction."""
     shapes = _shape_map(model)
     values = _small_values(model)
     total = 0.0
+    unsized = []
     for n in model.graph.node:
         rule = rule_for_op(n.domain, n.op_type)
         if rule is None:
             continue
-        total += sum(term.macs for term in rule.macs(NodeView.from_proto(n, shapes, values)))
+        view = NodeView.from_proto(n, shapes, values)
+        total += sum(term.macs for term in rule.macs(view))
+        if type(rule).macs is not OpRule.macs and _rank_unknown(view):
+            unsized.append(n.name or n.op_type)
+    if unsized:
+        log.warning(
+            "MACs of %d node(s) not counted: their shapes are unknown (%s%s)",
+            len(unsized),
+            ", ".join(unsized[:3]),
+            " ..." if len(unsized) > 3 else "",
+        )
     return max(int(round(total)), 0)
+
+
+def _rank_unknown(view: NodeView) -> bool:
+    ins = [s for i, s in enumerate(view.in_shapes) if view.has_input(i)]
+    return any(s is None for s in ins) or any(s is None for s in view.out_shapes[:1])
 
 
 def model_bytes(model: onnx.ModelProto) -> int:

@@ -26,9 +26,10 @@ BATCH, SEQ = 2, 16
 MINILM_SEQ = 128
 MINILM_TEXT = "Structured pruning removes whole attention heads and MLP neurons from a model."
 
-TRANSFORMER_ZOO: list[str] = ["bert", "gpt2", "llama", "vit", "minilm"]
+TRANSFORMER_ZOO: list[str] = ["bert", "distilbert", "gpt2", "llama", "vit", "minilm"]
 _INPUTS = {
     "bert": ("input_ids", "attention_mask"),
+    "distilbert": ("input_ids", "attention_mask"),
     "gpt2": ("input_ids", "attention_mask"),
     "llama": ("input_ids", "attention_mask"),
     "vit": ("pixel_values",),
@@ -45,6 +46,11 @@ def _config(name: str):
         return tf.BertConfig(
             **common, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
             intermediate_size=128, max_position_embeddings=64,
+        )  # fmt: skip
+    if name == "distilbert":
+        return tf.DistilBertConfig(
+            **common, dim=64, n_layers=2, n_heads=4, hidden_dim=128,
+            max_position_embeddings=64,
         )  # fmt: skip
     if name == "gpt2":
         return tf.GPT2Config(
@@ -77,6 +83,7 @@ def make_model(name: str):
         return load_minilm()[0]
     classes = {
         "bert": tf.BertModel,
+        "distilbert": tf.DistilBertModel,
         "gpt2": tf.GPT2LMHeadModel,
         "llama": tf.LlamaForCausalLM,
         "vit": tf.ViTModel,

@@ -237,14 +237,10 @@ def test_group_query_attention(packed):
     np.testing.assert_array_equal(after["Wo"], before["Wo"][_cols(g, REP * H)])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GroupQueryAttention with unused present_key/present_value outputs and no past: "
-    "ORT's symbolic shape inference sizes present only from past_key (input 3), so the "
-    "outputs have no rank and the rule freezes the heads (\"rank of 'present_key' "
-    'unknown"); present is [B, kv_num_heads, T, H] and could be linked without it',
-)
 def test_group_query_attention_with_unused_present_outputs():
+    """Unused present_key/present_value and no past: ORT's symbolic shape inference sizes
+    present only from past_key, so their shapes come from the ONNX Runtime run
+    (``graphprune.ort_shapes``): [B, kv_num_heads, T, H], linked to the KV heads."""
     model = _gqa_model(packed=True, present=True)
     assert _units(analyze_model(model), "head") == [KV]
     result = prune_and_check(model, 0.0, ratios={"head": 0.5})
@@ -269,3 +265,129 @@ def test_group_query_attention_shared_buffer_cache_is_frozen():
 # declared graph I/O shapes must win (graphprune.graph.infer_shapes never overrides them)
 def test_group_query_attention_growing_cache_is_frozen():
     _check_cache_frozen(_gqa_model(packed=True, cache=(4, 4), batch=1))
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes where ORT's symbolic inference cannot give them: shapes from an ONNX Runtime run
+
+MS = "com.microsoft"
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(np.asarray(arr), name)
+
+
+def _fused_matmul_mlp(derived: bool = False) -> onnx.ModelProto:
+    """``SkipLayerNorm(x, BiasGelu(FusedMatMul(x, W1, transB) + b1) @ W2)`` on x [batch,
+    seq, 16], an MLP of 32 neurons. FusedMatMul (ORT's level-2 optimizer emits it) is an op
+    ORT's symbolic shape inference does not know: it stops there, and onnx's knows none of
+    the contrib ops. ``derived`` adds tensors whose dims are functions of the input symbols
+    (a flatten, a concat and a pad of the hidden activation)."""
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    inits = [
+        _init("w1", rng.standard_normal((32, 16)).astype(f32)),
+        _init("b1", rng.standard_normal(32).astype(f32)),
+        _init("w2", rng.standard_normal((32, 16)).astype(f32)),
+        _init("gamma", rng.uniform(0.5, 1.5, 16).astype(f32)),
+        _init("beta", rng.standard_normal(16).astype(f32)),
+        _init("bias", rng.standard_normal(16).astype(f32)),
+    ]
+    nodes = [
+        helper.make_node("FusedMatMul", ["x", "w1"], ["h"], domain=MS, transB=1, alpha=0.5),
+        helper.make_node("BiasGelu", ["h", "b1"], ["g"], domain=MS),
+        helper.make_node("MatMul", ["g", "w2"], ["o"]),
+        helper.make_node(
+            "SkipLayerNormalization", ["o", "x", "gamma", "beta", "bias"], ["y"], domain=MS
+        ),
+    ]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq", 16])]
+    if derived:
+        inits += [
+            _init("flat", np.array([-1, 32], np.int64)),
+            _init("pads", np.array([0, 0, 0, 0, 1, 0], np.int64)),
+        ]
+        nodes += [
+            helper.make_node("Reshape", ["g", "flat"], ["g_flat"]),
+            helper.make_node("Concat", ["g", "g"], ["g_twice"], axis=1),
+            helper.make_node("Pad", ["g", "pads"], ["g_padded"]),
+            helper.make_node("ReduceSum", ["g_flat"], ["s_flat"], keepdims=0),
+            helper.make_node("ReduceSum", ["g_twice"], ["s_twice"], keepdims=0),
+            helper.make_node("ReduceSum", ["g_padded"], ["s_padded"], keepdims=0),
+        ]
+        outputs += [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, [])
+            for n in ("s_flat", "s_twice", "s_padded")
+        ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq", 16])
+    graph = helper.make_graph(nodes, "fused_matmul_mlp", [x], outputs, inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
+    return helper.make_model(graph, opset_imports=opsets)
+
+
+def _value_dims(model: onnx.ModelProto) -> dict[str, list]:
+    return {
+        vi.name: [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+        for vi in model.graph.value_info
+    }
+
+
+def test_shapes_from_an_ort_run_keep_symbolic_dims():
+    from graphprune.graph import _skeleton, _symbolic_infer
+
+    model = _fused_matmul_mlp(derived=True)
+    symbolic = _symbolic_infer(_skeleton(model, large_as_inputs=True))
+    assert "h" not in symbolic and "g" not in symbolic  # symbolic inference cannot type them
+    dims = _value_dims(infer_shapes(model))
+    assert dims["h"] == dims["g"] == ["batch", "seq", 32]
+    assert dims["o"] == ["batch", "seq", 16]
+    assert dims["g_flat"] == ["batch*seq", 32]
+    assert dims["g_twice"] == ["batch", "2*seq", 32]
+    assert dims["g_padded"] == ["batch", "seq + 1", 32]
+
+
+def test_pruning_through_ops_symbolic_inference_cannot_type():
+    model = _fused_matmul_mlp()
+    assert _units(analyze_model(model), "neuron") == [32]
+    result = prune_and_check(model, 0.0, ratios={"neuron": 0.5})
+    weights = _weights(result.model)
+    assert weights["w1"].shape == (16, 16) and weights["b1"].shape == (16,)
+    assert weights["w2"].shape == (16, 16)
+    assert result.after["macs"] == result.before["macs"] // 2
+    x = next(vi for vi in result.model.graph.input if vi.name == "x")
+    assert [d.dim_param or d.dim_value for d in x.type.tensor_type.shape.dim] == [
+        "batch",
+        "seq",
+        16,
+    ]
+
+
+def test_symbolic_inference_sizes_ops_on_large_constants(monkeypatch):
+    """A constant over the skeleton's size (a folded position embedding here) keeps only its
+    dims for shape inference; ORT's symbolic inference reads the value of every constant an
+    Add takes, and used to fail on it, leaving SkipLayerNormalization unsized. It now sees
+    a tensor of unknown value, and sizes the graph without running it."""
+    import graphprune.ort_shapes
+
+    def no_run(model):
+        raise AssertionError("symbolic inference should have sized every tensor")
+
+    monkeypatch.setattr(graphprune.ort_shapes, "ort_shapes", no_run)
+    rng = np.random.default_rng(0)
+    f32 = np.float32
+    inits = [
+        _init("pos", rng.standard_normal((1, 80, 64)).astype(f32)),  # 5120 elements
+        _init("gamma", rng.uniform(0.5, 1.5, 64).astype(f32)),
+        _init("beta", rng.standard_normal(64).astype(f32)),
+    ]
+    nodes = [
+        helper.make_node("Add", ["x", "pos"], ["e"]),
+        helper.make_node("SkipLayerNormalization", ["e", "x", "gamma", "beta"], ["n"], domain=MS),
+        helper.make_node("Relu", ["n"], ["y"]),
+    ]
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 80, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 80, 64])
+    graph = helper.make_graph(nodes, "large_constant", [x], [y], inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(MS, 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
+    assert _value_dims(infer_shapes(model))["n"] == ["batch", 80, 64]

@@ -7,7 +7,9 @@ re-folds ``num_heads`` (and ``qkv_hidden_sizes`` when present): ORT derives the 
 from ``width / num_heads`` and runs silently wrong if the count is left stale.
 GroupQueryAttention's unit is a KV head with its ``N/kvN`` query heads.
 Skip/Embed/Simplified LayerNorms only carry the hidden width (approximate, like LayerNorm);
-the Bias* / FastGelu family is elementwise with broadcasting.
+the Bias* / FastGelu family is elementwise with broadcasting. FusedMatMul (ORT's level-2
+optimizer: a MatMul with a transposed operand and/or a scale) is MatMul with the last two
+axes of an operand swapped where ``transA`` / ``transB`` say.
 
 MACs of fused attention: the projections whose weights are inputs of the node (Attention's
 packed ``[C, Dq | Dk | Dv]``: B x S x C x (Dq + Dk + Dv)), plus, per head, the scores QKᵀ
@@ -24,6 +26,7 @@ import numpy as np
 
 from ..context import Unsupported
 from .elementwise import link_all_axes, link_broadcast
+from .linear import _contraction_macs
 from .norm import APPROXIMATE
 from .registry import MacTerm, NodeView, OpRule, register
 
@@ -235,6 +238,46 @@ class GroupQueryAttention(OpRule):
         # N query heads: S x T x H for the scores and as much for the context; the output
         # width N*H is linked to the query heads whichever unit the analysis chose
         return [MacTerm(float(2 * b * s * t * width), (*refs, ("out", 0, 2)))]
+
+
+@register
+class FusedMatMul(OpRule):
+    """``alpha * op(A) @ op(B)``, op transposing the last two axes where ``transA`` /
+    ``transB`` is set; the batch-transposing variants are not mapped."""
+
+    domain = MS
+    ops = ("FusedMatMul",)
+    unit_kind = "neuron"
+
+    def link(self, node, ctx):
+        a, b, y = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
+        if a is None or b is None or y is None:
+            raise Unsupported("rank unknown")
+        if len(a) < 2 or len(b) < 2 or len(y) < 2:
+            raise Unsupported("1-D FusedMatMul operand")
+        if int(ctx.attr("transBatchA", 0)) or int(ctx.attr("transBatchB", 0)):
+            raise Unsupported("batch-transposed operand")
+        ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
+        ra, rb = len(a), len(b)
+        a_m, a_k = (ra - 1, ra - 2) if ta else (ra - 2, ra - 1)
+        b_k, b_n = (rb - 1, rb - 2) if tb else (rb - 2, rb - 1)
+        bk, ak = ctx.in_dim(1, b_k), ctx.in_dim(0, a_k)
+        ctx.identity(ak, bk)
+        ctx.contract(1, bk, ak)
+        ctx.identity(ctx.in_dim(0, a_m), ctx.out_dim(0, len(y) - 2))
+        ctx.identity(ctx.in_dim(1, b_n), ctx.out_dim(0, len(y) - 1))
+        for i, shape in ((0, a), (1, b)):  # leading batch axes broadcast
+            off = len(y) - len(shape)
+            for ax in range(len(shape) - 2):
+                if shape[ax] == 1 and y[ax + off] != 1:
+                    continue
+                ctx.identity(ctx.in_dim(i, ax), ctx.out_dim(0, ax + off))
+
+    def macs(self, node):
+        a = node.in_shape(0)
+        if a is None or len(a) < 2:
+            return []
+        return _contraction_macs(node, len(a) - 2 if int(node.attr("transA", 0)) else len(a) - 1)
 
 
 def _link_norm_params(ctx, param_slots, width_dim) -> None:
