@@ -73,26 +73,44 @@ def _small_values(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return values
 
 
+_FLOAT_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.BFLOAT16,
+}
+
+
+def _graphs(graph: onnx.GraphProto):
+    """The graph and every If/Loop/Scan body inside it."""
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _graphs(g)
+
+
 def count_params(model: onnx.ModelProto) -> int:
-    """Elements of floating-point initializers and Constant-node tensors (the weights)."""
+    """Elements of the weights: floating-point initializers and Constant-node tensors, and
+    integer ones a rule reads as a weight (QDQ's quantized data), subgraphs included."""
     total = 0
-    float_types = {
-        onnx.TensorProto.FLOAT,
-        onnx.TensorProto.FLOAT16,
-        onnx.TensorProto.DOUBLE,
-        onnx.TensorProto.BFLOAT16,
-    }
-    tensors = list(model.graph.initializer)
-    tensors += [
-        a.t
-        for n in model.graph.node
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.name == "value"
-    ]
-    for t in tensors:
-        if t.data_type in float_types:
-            total += int(np.prod(t.dims)) if len(t.dims) else 1
+    for g in _graphs(model.graph):
+        int_weights = set()
+        for n in g.node:
+            rule = rule_for_op(n.domain, n.op_type)
+            for slot in rule.weight_slots if rule is not None else ():
+                if slot < len(n.input):
+                    int_weights.add(n.input[slot])
+        tensors = list(g.initializer)
+        tensors += [
+            a.t for n in g.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"
+        ]
+        for t in tensors:
+            if t.data_type in _FLOAT_TYPES or t.name in int_weights:
+                total += int(np.prod(t.dims)) if len(t.dims) else 1
     return total
 
 
