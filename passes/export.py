@@ -25,6 +25,7 @@ class Export(Pass):
             return PassResult(False, "skipped: nothing was reconstructed")
         out = export_model(graph, template=ctx.original)
         hoisted = hoist_subgraph_initializers(out)
+        _rename_ort_fusion_names(out)
         if out.ir_version < 4:  # IR 3 requires every initializer to be a graph input too
             listed = {i.name for i in out.graph.input}
             out.graph.input.extend(
@@ -41,6 +42,31 @@ class Export(Pass):
         ctx.pruned = out
         moved = f", {hoisted} subgraph weights kept in the main graph" if hoisted else ""
         return PassResult(False, f"{len(out.graph.node)} nodes, checker passed{moved}")
+
+
+#: names ONNX Runtime's MatMulAddFusion gives the shape constants it adds at load time,
+#: without checking that no initializer holds them already ("Attempt to replace the
+#: existing tensor"); a model fused by ORT's optimizer already has them, and a pruned one
+#: can offer the fusion a new MatMul + Add
+_ORT_FUSION_NAMES = ("gemm_input_shape", "gemm_output_shape")
+
+
+def _rename_ort_fusion_names(model: onnx.ModelProto) -> None:
+    g = model.graph
+    taken = {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
+    renamed = {}
+    for t in g.initializer:
+        if t.name in _ORT_FUSION_NAMES:
+            new = f"{t.name}_kept"
+            while new in taken:
+                new += "_"
+            renamed[t.name], t.name = new, new
+            taken.add(new)
+    if renamed:
+        for n in g.node:
+            for i, x in enumerate(n.input):
+                if x in renamed:
+                    n.input[i] = renamed[x]
 
 
 def _subgraphs(graph: onnx.GraphProto):

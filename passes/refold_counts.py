@@ -5,8 +5,6 @@ node, so a shape constant shared with other nodes is never edited for all of the
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -14,8 +12,6 @@ from graphprune.analysis.rules import rule_for
 
 from .base import Pass, PassContext, PassResult
 from .removal import Removal
-
-_fresh = itertools.count()
 
 
 class RefoldContext:
@@ -26,6 +22,21 @@ class RefoldContext:
         self.opset = removal.analysis.opset
         self.node: gs.Node | None = None
         self.changed = 0
+        self._taken = set(removal.analysis.graph.tensors())
+        self._next = 0
+
+    def _name(self, what: str) -> str:
+        """A new tensor name, the same on every run of the same prune (byte-identical
+        output), unused in the graph (a model pruned twice), and not ending in a number:
+        ONNX Runtime's fusions name what they add by bumping a trailing number, which
+        collided with a consecutive ``..._85`` of ours ("Attempt to replace the existing
+        tensor")."""
+        while True:
+            name = f"graphprune_refold{self._next}_{what}"
+            self._next += 1
+            if name not in self._taken:
+                self._taken.add(name)
+                return name
 
     def old_shape(self, t):
         return self.removal.old_shape(t)
@@ -43,11 +54,11 @@ class RefoldContext:
         return np.asarray(ins[slot].values)
 
     def constant(self, values: np.ndarray) -> gs.Constant:
-        return gs.Constant(f"refold_const_{next(_fresh)}", np.asarray(values))
+        return gs.Constant(self._name("const"), np.asarray(values))
 
     def add_node(self, op: str, inputs: list, attrs: dict | None = None) -> gs.Variable:
         """A new int64 shape-computing node (used to rebuild run-time shape operands)."""
-        out = gs.Variable(f"refold_{op}_{next(_fresh)}", dtype=np.int64)
+        out = gs.Variable(self._name(op), dtype=np.int64)
         node = gs.Node(op, name=out.name, attrs=attrs or {}, inputs=inputs, outputs=[out])
         self.removal.analysis.graph.nodes.append(node)
         self.changed += 1
@@ -55,7 +66,12 @@ class RefoldContext:
 
     def set_input(self, node: gs.Node, slot: int, values: np.ndarray) -> None:
         base = node.name or node.op
-        const = gs.Constant(f"{base}_refold{slot}_{next(_fresh)}", np.asarray(values))
+        old = node.inputs[slot] if slot < len(node.inputs) else None
+        if isinstance(old, gs.Constant) and len(old.outputs) == 1:
+            name = old.name  # owned by this node alone: it keeps its name, only its value changes
+        else:
+            name = self._name(f"{base}_input{slot}_of")
+        const = gs.Constant(name, np.asarray(values))
         while len(node.inputs) <= slot:
             node.inputs.append(gs.Variable.empty())
         node.inputs[slot] = const

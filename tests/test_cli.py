@@ -366,3 +366,19 @@ def test_a_non_finite_refit_is_exit_5_and_writes_nothing(tmp_path, monkeypatch, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "non-finite bias values" in err[0]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_same_prune_twice_writes_identical_bytes(tmp_path):
+    """Re-folded constants are named per run (no process-wide counter), and never end in a
+    number, which ONNX Runtime's fusions bump to name what they add."""
+    gpt = ROOT / "models" / "_cache" / "gpt2-torchscript.onnx"
+    model = gpt if gpt.exists() else DIGITS
+    outs = []
+    for k in range(2):
+        out = tmp_path / f"{k}.onnx"
+        assert main(["prune", str(model), "-o", str(out), "--ratio", "0.5"]) == 0
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1]
+    names = [t.name for t in onnx.load(str(tmp_path / "0.onnx")).graph.initializer]
+    refolded = [n for n in names if n.startswith("graphprune_refold")]
+    assert all(not n[-1].isdigit() for n in refolded)
