@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .errors import UsageError
+from .errors import CalibrationError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +175,16 @@ def resolve(
     elif error_at is not None and "given" in out.source.values():
         err = error_at(out.shapes)
         if err is not None:
+            valued = [
+                vi.name
+                for vi in inputs
+                if out.source[vi.name] != "data" and len(out.shapes[vi.name]) == 0
+            ]
+            if valued:  # a sample rate, a threshold: a random value may be what fails
+                raise CalibrationError(
+                    f"the model does not run on random values at {out.text()} ({err}); "
+                    f"{', '.join(valued)} may need real values: give inputs with --calib"
+                )
             raise UsageError(f"--input-shape: the model does not run at {out.text()}: {err}")
     return out
 

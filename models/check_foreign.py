@@ -30,7 +30,7 @@ from models import foreign
 ROOT = Path(__file__).resolve().parents[1]
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 TIMEOUT_S = 600
-REFUSALS = {3, 8}  # the input does not load / nothing could be pruned
+REFUSALS = {3, 7, 8}  # the input does not load / needs real inputs / nothing to prune
 
 
 def python() -> str:
