@@ -270,6 +270,13 @@ def _kind(dims: list[Dim]) -> str:
     """The ``unit_kind`` of the first op whose weight the group slices (its rule says)."""
     for d in dims:
         rule = rule_for(d.node) if d.kind == "const" else None
-        if rule is not None and rule.unit_kind:
+        if rule is None:
+            continue
+        if rule.unit_kind:
             return rule.unit_kind
+        if d.slot in rule.weight_slots:  # quantized data: the kind of the op reading it
+            for consumer in d.node.outputs[0].outputs if d.node.outputs else ():
+                r = rule_for(consumer)
+                if r is not None and r.unit_kind:
+                    return r.unit_kind
     return "other"
