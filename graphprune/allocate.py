@@ -207,6 +207,8 @@ class Allocator:
     def to_plan(self, counts: Counts) -> Plan:
         o = self.opts
         plan = Plan(criterion=o.criterion, ratio=o.base_ratio, ratios=dict(o.ratios), gqa=o.gqa)
+        if o.budget is not None:
+            plan.budget = {"what": o.budget[0], "keep": o.budget[1]}
         removed = self.removed(counts)
         for g in self.analysis.groups:
             if g.id not in removed:

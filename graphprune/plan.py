@@ -33,6 +33,9 @@ class Plan:
     ratio: float = 0.0
     ratios: dict[str, float] = field(default_factory=dict)  # per group kind, over ``ratio``
     gqa: str = "kv"  # the analysis' GQA unit, so a replay finds the same groups
+    #: the budget the plan was made for, {"what": "macs"|"params", "keep": F} (then ``ratio``
+    #: and ``ratios`` are the asked ones before scaling; the groups are what it came to)
+    budget: dict = field(default_factory=dict)
     #: input sizes MACs and parity were taken at (a replay without --input-shape reuses them)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     version: int = PLAN_VERSION

@@ -24,6 +24,7 @@ def test_target_is_reached_within_two_percent(name, what, target, global_rank):
     result = prune_and_check(model, 0.5, **kw)
     kept = result.after[what] / result.before[what]
     assert abs(kept - target) <= 0.02 * target, kept
+    assert result.plan.budget == {"what": what, "keep": target}  # the plan says what it met
 
 
 @pytest.mark.slow
