@@ -287,6 +287,194 @@ def resnet50() -> nn.Module:
     return nn.Sequential(*layers)
 
 
+# ShuffleNetV2 (Ma et al. 2018): each unit halves its channels into two branches and
+# interleaves them again with a channel shuffle.
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, g*k, H, W) -> view (N, g, k, H, W) -> swap g, k -> (N, k*g, H, W), written as
+    torchvision writes it (sizes read from ``x.size()``)."""
+    n, c, h, w = x.size()
+    x = x.view(n, groups, c // groups, h, w)
+    x = torch.transpose(x, 1, 2).contiguous()
+    return x.view(n, -1, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """Stride 2: both branches see the whole input (depthwise-strided left branch, 1x1 /
+    depthwise / 1x1 right branch), concatenated. Stride 1: ``chunk(2)``, the right half
+    goes through the branch, the left passes. Then the channel shuffle."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        half = cout // 2
+        self.stride = stride
+        if stride > 1:
+            self.left = nn.Sequential(
+                *conv_bn(cin, cin, 3, stride, groups=cin), *conv_bn(cin, half, 1), nn.ReLU()
+            )
+        right_in = cin if stride > 1 else half
+        self.right = nn.Sequential(
+            *conv_bn(right_in, half, 1),
+            nn.ReLU(),
+            *conv_bn(half, half, 3, stride, groups=half),
+            *conv_bn(half, half, 1),
+            nn.ReLU(),
+        )
+
+    def forward(self, x):
+        if self.stride == 1:
+            a, b = x.chunk(2, dim=1)
+            y = torch.cat((a, self.right(b)), dim=1)
+        else:
+            y = torch.cat((self.left(x), self.right(x)), dim=1)
+        return channel_shuffle(y, 2)
+
+
+class ShuffleNet(nn.Module):
+    """Stem conv + max pool, three stages of (one stride-2 unit, ``repeat`` stride-1 units),
+    a 1x1 conv head, global mean, Linear."""
+
+    def __init__(self, widths=(48, 96, 192), repeat: int = 1, stem: int = 24, head: int = 256):
+        super().__init__()
+        self.stem = nn.Sequential(conv_bn_relu(3, stem), nn.MaxPool2d(3, 2, 1))
+        units, cin = [], stem
+        for w in widths:
+            units.append(ShuffleUnit(cin, w, 2))
+            units += [ShuffleUnit(w, w, 1) for _ in range(repeat)]
+            cin = w
+        self.stages = nn.Sequential(*units)
+        self.head = conv_bn_relu(cin, head, 1)
+        self.fc = nn.Linear(head, 10)
+
+    def forward(self, x):
+        x = self.head(self.stages(self.stem(x)))
+        return self.fc(x.mean([2, 3]))
+
+
+# Swin Transformer (Liu et al. 2021): attention inside non-overlapping windows, shifted by
+# half a window every other block (torch.roll + a mask), patch merging between stages.
+
+
+def _window_mask(h: int, w: int, win: int, shift: int, like: torch.Tensor) -> torch.Tensor:
+    """(windows, win*win, win*win) additive mask: -100 between tokens that the roll brought
+    together from different regions of the image. Computed in forward, as torchvision does."""
+    region = like.new_zeros((h, w))
+    cuts = ((0, h - win), (h - win, h - shift), (h - shift, h))
+    cuts_w = ((0, w - win), (w - win, w - shift), (w - shift, w))
+    label = 0
+    for r0, r1 in cuts:
+        for c0, c1 in cuts_w:
+            region[r0:r1, c0:c1] = label
+            label += 1
+    region = region.view(h // win, win, w // win, win).permute(0, 2, 1, 3)
+    region = region.reshape(-1, win * win)
+    diff = region.unsqueeze(1) - region.unsqueeze(2)
+    return diff.masked_fill(diff != 0, -100.0).masked_fill(diff == 0, 0.0)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention in (shifted) windows of an (N, H, W, C) map, with a learned
+    relative position bias gathered from a table by a fixed index buffer."""
+
+    def __init__(self, dim: int, heads: int, win: int, shift: int):
+        super().__init__()
+        self.heads, self.win, self.shift = heads, win, shift
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.bias_table = nn.Parameter(0.02 * torch.randn((2 * win - 1) ** 2, heads))
+        ys, xs = torch.meshgrid(torch.arange(win), torch.arange(win), indexing="ij")
+        pos = torch.stack([ys.flatten(), xs.flatten()])  # (2, win*win)
+        rel = (pos[:, :, None] - pos[:, None, :]).permute(1, 2, 0) + (win - 1)
+        self.register_buffer("bias_index", (rel[..., 0] * (2 * win - 1) + rel[..., 1]).flatten())
+
+    def forward(self, x):
+        n, h0, w0, c = x.shape
+        win, heads = self.win, self.heads
+        x = F.pad(x, (0, 0, 0, (win - w0 % win) % win, 0, (win - h0 % win) % win))
+        _, h, w, _ = x.shape
+        shift = self.shift if win < h and win < w else 0
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = (h // win) * (w // win)
+        t = x.view(n, h // win, win, w // win, win, c).permute(0, 1, 3, 2, 4, 5)
+        t = t.reshape(n * windows, win * win, c)
+        qkv = self.qkv(t).reshape(t.size(0), t.size(1), 3, heads, c // heads)
+        qkv = qkv.permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = (q * (c // heads) ** -0.5).matmul(k.transpose(-2, -1))
+        tokens = win * win
+        bias = self.bias_table[self.bias_index].view(tokens, tokens, -1)
+        attn = attn + bias.permute(2, 0, 1).contiguous().unsqueeze(0)
+        if shift:
+            mask = _window_mask(h, w, win, shift, x)
+            attn = attn.view(t.size(0) // windows, windows, heads, t.size(1), t.size(1))
+            attn = attn + mask.unsqueeze(1).unsqueeze(0)
+            attn = attn.view(-1, heads, t.size(1), t.size(1))
+        out = attn.softmax(dim=-1).matmul(v).transpose(1, 2).reshape(t.size(0), t.size(1), c)
+        out = self.proj(out)
+        out = out.view(n, h // win, w // win, win, win, c).permute(0, 1, 3, 2, 4, 5)
+        out = out.reshape(n, h, w, c)
+        if shift:
+            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        return out[:, :h0, :w0, :].contiguous()
+
+
+class SwinBlock(nn.Module):
+    """Pre-norm window attention and MLP, each with a residual add."""
+
+    def __init__(self, dim: int, heads: int, win: int, shift: int, mlp: int = 2):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = WindowAttention(dim, heads, win, shift)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp * dim), nn.GELU(), nn.Linear(mlp * dim, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class PatchMerging(nn.Module):
+    """(N, H, W, C) -> (N, H/2, W/2, 2C): the four pixels of each 2x2 cell concatenated,
+    LayerNorm, Linear 4C -> 2C."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(4 * dim)
+        self.reduce = nn.Linear(4 * dim, 2 * dim, bias=False)
+
+    def forward(self, x):
+        h, w = x.shape[-3:-1]
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        cells = [x[..., i::2, j::2, :] for j in (0, 1) for i in (0, 1)]
+        return self.reduce(self.norm(torch.cat(cells, -1)))
+
+
+class Swin(nn.Module):
+    """Patch embedding (strided conv, NHWC, LayerNorm), stages of Swin blocks (shift 0 and
+    win/2 alternating) with patch merging between them, LayerNorm, mean pool, Linear."""
+
+    def __init__(self, dim=16, depths=(2, 2), heads=(2, 4), win: int = 4, patch: int = 2):
+        super().__init__()
+        self.embed = nn.Conv2d(3, dim, patch, patch)
+        self.embed_norm = nn.LayerNorm(dim)
+        layers: list[nn.Module] = []
+        for s, (depth, nh) in enumerate(zip(depths, heads, strict=True)):
+            if s:
+                layers.append(PatchMerging(dim))
+                dim *= 2
+            layers += [SwinBlock(dim, nh, win, (b % 2) * (win // 2)) for b in range(depth)]
+        self.stages = nn.Sequential(*layers)
+        self.norm = nn.LayerNorm(dim)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(dim, 10)
+
+    def forward(self, x):
+        x = self.embed_norm(self.embed(x).permute(0, 2, 3, 1))
+        x = self.norm(self.stages(x)).permute(0, 3, 1, 2)
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -340,9 +528,14 @@ ZOO: dict[str, ZooEntry] = {
     "mlp": ZooEntry(_seeded(mlp), _randn(4, 64)),
     "resnext": ZooEntry(_seeded(resnext), _IMAGE),
     "resnet50": ZooEntry(_seeded(resnet50), _randn(1, 3, 224, 224)),
+    "shufflenet": ZooEntry(_seeded(ShuffleNet), _IMAGE),
+    "swin": ZooEntry(_seeded(Swin), _IMAGE),
 }
 
-SMALL_ZOO: list[str] = [name for name in ZOO if name != "resnet50"]
+SMALL_ZOO: list[str] = [name for name in ZOO if name not in ("resnet50", "swin")]
+"""The models ``tests/test_zoo.py`` holds to "nothing inside is frozen". Not ``swin``: its
+residual width is normalised (LayerNorm) and its fused qkv's heads stay, by design; it has
+its own tests (``tests/test_shuffle_swin.py``)."""
 
 SKLEARN_MLP = "sklearn_mlp"
 """Extra name accepted by ``build``: a scikit-learn MLP (not a torch ``ZOO`` entry)."""

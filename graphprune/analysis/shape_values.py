@@ -107,24 +107,70 @@ def resolve_reshape(in_shape: list[int], target, allowzero: bool = False) -> lis
     return out
 
 
-def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
+#: ops ``static_value`` evaluates; the inputs of any other producer are never visited
+_EVALUATED = frozenset(
+    (
+        "Shape",
+        "Identity",
+        "Cast",
+        "Gather",
+        "Unsqueeze",
+        "Squeeze",
+        "Concat",
+        "Slice",
+        "Reshape",
+        "ConstantOfShape",
+        "Equal",
+        "Where",
+        "Add",
+        "Sub",
+        "Mul",
+        "Div",
+        "Mod",
+        "Transpose",
+    )
+)
+#: a ``Reshape`` of a constant is evaluated up to this many elements (shape vectors, pads)
+_SMALL = 4096
+
+
+def static_value(t: gs.Tensor, _depth: int = 0, _memo: dict | None = None) -> np.ndarray | None:
+    """The value ``t`` will have at run time, evaluated from constants and the static shapes
+    that ``Shape`` reads; None when it is not known statically. Only the producers of the ops
+    it evaluates are visited (a ``Shape``'s input is read for its shape, never evaluated),
+    and each tensor once per call, so the cost is the size of the shape subgraph, not of
+    the network behind it."""
     if isinstance(t, gs.Constant):
         return np.asarray(t.values)
+    memo = {} if _memo is None else _memo
+    key = id(t)
+    if key not in memo:
+        memo[key] = None  # a cycle (or a revisit while evaluating) reads as unknown
+        memo[key] = _evaluate(t, _depth, memo)
+    return memo[key]
+
+
+def _evaluate(t: gs.Tensor, _depth: int, memo: dict) -> np.ndarray | None:
     if _depth > _MAX_DEPTH or len(t.inputs) != 1:
         return None
     node = t.inputs[0]
-    args = [static_value(x, _depth + 1) if x.name else None for x in node.inputs]
-    a = node.attrs
     op = node.op
-    try:
-        if op == "Shape":
-            shape = symbolic_shape(node.inputs[0])
-            if shape is None:
-                return None
-            start, end = a.get("start", 0), a.get("end", len(shape))
-            return np.array(shape[slice(start, end)], dtype=np.int64)
-        if any(v is None for v in args[:1]):
+    if op not in _EVALUATED:
+        return None
+    a = node.attrs
+    if op == "Shape":
+        shape = symbolic_shape(node.inputs[0])
+        if shape is None:
             return None
+        start, end = a.get("start", 0), a.get("end", len(shape))
+        return np.array(shape[slice(start, end)], dtype=np.int64)
+    args = []
+    for x in node.inputs:
+        v = static_value(x, _depth + 1, memo) if x.name else None
+        if v is None and not args:
+            return None  # every evaluated op needs its first input
+        args.append(v)
+    try:
         if op in ("Identity", "Cast"):
             return args[0] if op == "Identity" else args[0].astype(np.int64)
         if op == "Gather" and args[1] is not None:
@@ -148,9 +194,14 @@ def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
             for ax, s, e, st in zip(axes, starts, ends, steps, strict=True):
                 sl[int(ax)] = slice(int(s), int(e), int(st))
             return args[0][tuple(sl)]
-        if op == "Reshape" and args[1] is not None and args[0].ndim <= 1:
+        if op == "Reshape" and args[1] is not None and args[0].size <= _SMALL:
             target = [int(v) for v in np.ravel(args[1])]
-            return args[0].reshape(target) if target in ([-1], [args[0].size]) else None
+            if not a.get("allowzero", 0):
+                target = [args[0].shape[j] if v == 0 else v for j, v in enumerate(target)]
+            return args[0].reshape(target)
+        if op == "Transpose":
+            perm = a.get("perm")
+            return np.transpose(args[0], None if perm is None else [int(k) for k in perm])
         if op == "ConstantOfShape":
             value = a.get("value")
             fill = value.values.reshape(-1)[0] if isinstance(value, gs.Constant) else 0.0
@@ -159,12 +210,14 @@ def static_value(t: gs.Tensor, _depth: int = 0) -> np.ndarray | None:
             return np.equal(args[0], args[1])
         if op == "Where" and all(v is not None for v in args):
             return np.where(args[0], args[1], args[2])
-        if op in ("Add", "Sub", "Mul", "Div") and args[1] is not None:
+        if op in ("Add", "Sub", "Mul", "Div", "Mod") and args[1] is not None:
             x, y = args[0], args[1]
             if any(is_symbol(v) for v in np.concatenate([x.ravel(), y.ravel()])):
                 return None
             if op == "Div":
                 return x // y if x.dtype.kind in "iu" else x / y
+            if op == "Mod":  # fmod=0: the sign of the divisor (numpy's), fmod=1: of the dividend
+                return np.fmod(x, y) if a.get("fmod", 0) else np.mod(x, y)
             return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, y)
     except (ValueError, IndexError, TypeError, KeyError):
         return None
@@ -181,6 +234,12 @@ _PASS_THROUGH = (
     "Identity",
     "Reshape",
 )  # Reshape of a 1-D shape tensor to [-1]: the same entries
+
+
+def _flat_reshape(node: gs.Node) -> bool:
+    """A Reshape of a 1-D shape vector to ``[-1]`` (or its own length): the same entries."""
+    x, v = static_value(node.inputs[0]), static_value(node.outputs[0])
+    return x is not None and v is not None and x.ndim <= 1 and v.ndim == 1 and v.size == x.size
 
 
 def entry_sources(t: gs.Tensor, _depth: int = 0) -> list | None:
@@ -200,7 +259,7 @@ def entry_sources(t: gs.Tensor, _depth: int = 0) -> list | None:
         return [("dim", node.inputs[0], ax) for ax in range(rank)[slice(start, end)]]
     if node.op not in _PASS_THROUGH:
         return None
-    if node.op == "Reshape" and static_value(t) is None:
+    if node.op == "Reshape" and not _flat_reshape(node):
         return None
     if node.op == "Concat":
         parts = [entry_sources(x, _depth + 1) for x in node.inputs]
@@ -238,10 +297,25 @@ SHAPE_MATH = (
 )
 
 
+def slice_bounds_foldable(node: gs.Node) -> bool:
+    """Every bound operand (starts, ends, axes, steps) of a Slice has a static value with no
+    symbolic entry, so the Slice rule can write them as constants (and does, whenever the
+    sliced axis or a size they read at run time changes)."""
+    for i in range(1, min(len(node.inputs), 5)):
+        t = node.inputs[i]
+        if not t.name:
+            continue
+        v = static_value(t)
+        if v is None or any(is_symbol(int(e)) for e in np.ravel(v)):
+            return False
+    return True
+
+
 def flows_only_into_shape_operands(t: gs.Tensor, _depth: int = 0) -> bool:
-    """``t`` (a Shape output) reaches nothing but Reshape / Expand shape operands (or the
-    length of a shape vector), through shape arithmetic. Those rules follow, re-fold or
-    couple every entry they set, so the size read can never go stale."""
+    """``t`` (a Shape output) reaches nothing but Reshape / Expand shape operands, Slice
+    bounds that fold to constants, or the length of a shape vector, through shape arithmetic.
+    Those rules follow, re-fold or couple every entry they set, so the size read can never
+    go stale."""
     if _depth > _MAX_DEPTH:
         return False
     for node in t.outputs:
@@ -250,6 +324,8 @@ def flows_only_into_shape_operands(t: gs.Tensor, _depth: int = 0) -> bool:
             continue
         if node.op == "Shape":  # the length of a shape vector
             continue
+        if node.op == "Slice" and 0 not in slots and slice_bounds_foldable(node):
+            continue  # the Slice rule writes such bounds as constants when a size changes
         if node.op not in SHAPE_MATH or (node.op in ("Reshape", "Expand") and slots != [0]):
             return False
         if not all(flows_only_into_shape_operands(o, _depth + 1) for o in node.outputs):

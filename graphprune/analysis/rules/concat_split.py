@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
-from ..shape_values import static_value
+from ..shape_values import dims_read, slice_bounds_foldable, static_value
 from .registry import OpRule, register
 
 
@@ -108,46 +109,55 @@ def _slice_params(value_of, n_inputs: int, rank: int, shape):
 
 @register
 class Slice(OpRule):
-    """Axes not sliced pass through; a sliced axis with constant bounds maps by offset (its
-    bounds are re-folded). Bounds computed at run time (RoPE's ``head_dim // 2``) are
-    evaluated statically, and the axes they cut are left unmapped (frozen)."""
+    """Axes not sliced pass through; a sliced axis with step 1 maps by offset, its bounds
+    re-folded. Bounds computed at run time from sizes that Shape reads (TorchScript's
+    ``chunk``: ``Shape → Gather → Add → Div → Mul``) map the same way when they evaluate
+    statically to plain numbers (``shape_values.slice_bounds_foldable``): the refold writes
+    them as constants whenever the sliced axis or a size they read changes, so they never
+    go stale, and the Shape rule lets those sizes change. Other run-time bounds (symbolic:
+    ``x[:, :seq_len]``) leave the axes they cut frozen, and the sizes they read too."""
 
     ops = ("Slice",)
 
     def link(self, node, ctx):
+        try:
+            self._link(node, ctx)
+        except Unsupported as e:
+            if slice_bounds_foldable(node):  # the Shape rule trusted the refold: no refold
+                _freeze_bound_reads(ctx, node, str(e))
+            raise
+
+    def _link(self, node, ctx):
         x = ctx.in_shape(0)
         if x is None:
             raise Unsupported("rank unknown")
-
-        def value_of(i):
-            return static_value(node.inputs[i]) if ctx.inp(i) is not None else None
-
-        params = _slice_params(value_of, len(node.inputs), len(x), x)
+        params = _slice_params(_bound_value(node), len(node.inputs), len(x), x)
         if params is None:
             raise Unsupported("bounds not evaluable")
-        constant = all(
-            ctx.value(i) is not None for i in range(1, len(node.inputs)) if ctx.inp(i) is not None
-        )
+        run_time = _run_time_bounds(node)
+        foldable = not run_time or slice_bounds_foldable(node)
         sliced = dict(params)
         for ax in range(len(x)):
             src, dst = ctx.in_dim(0, ax), ctx.out_dim(0, ax)
             rng = sliced.get(ax, "full")
             if rng == "full":
                 ctx.identity(src, dst)
-            elif constant and isinstance(rng, range) and rng.step == 1:
+            elif foldable and isinstance(rng, range) and rng.step == 1:
                 ctx.offset(src, dst, rng.start)
             else:  # a stride picks every k-th unit, which no refold of the bounds can keep
-                why = "run-time bounds" if not constant else "step != 1 or size unknown"
+                why = "run-time bounds" if not foldable else "step != 1 or size unknown"
                 ctx.freeze(src, f"sliced axis not mapped ({why})")
                 ctx.freeze(dst, f"sliced axis not mapped ({why})")
 
     def refold(self, node, rc):
         x = rc.old_shape(node.inputs[0])
-        params = _slice_params(rc.value_of, len(node.inputs), len(x), x)
-        if params is None:  # run-time bounds: the axes they cut were left unmapped
-            return
-        starts = rc.value_of(1).astype(np.int64).copy()
-        ends = rc.value_of(2).astype(np.int64).copy()
+        value_of = _bound_value(node)
+        params = _slice_params(value_of, len(node.inputs), len(x), x)
+        run_time = _run_time_bounds(node)
+        if params is None or (run_time and not slice_bounds_foldable(node)):
+            return  # the axes such bounds cut were left frozen, and the sizes they read
+        starts = np.ravel(value_of(1)).astype(np.int64).copy()
+        ends = np.ravel(value_of(2)).astype(np.int64).copy()
         changed = False
         for k, (ax, rng) in enumerate(params):
             removed = rc.removed(node.inputs[0], ax)
@@ -158,6 +168,41 @@ class Slice(OpRule):
             starts[k] = rng.start - before_start
             ends[k] = rng.stop - before_stop
             changed = True
-        if changed:
-            rc.set_input(node, 1, starts)
-            rc.set_input(node, 2, ends)
+        if run_time and not changed:  # a size the bounds read at run time may still change
+            reads = [r for i in _bound_slots(node) for r in dims_read(node.inputs[i])]
+            changed = any(len(rc.removed(t, ax)) for t, ax in reads)
+        if not changed:
+            return
+        rc.set_input(node, 1, starts)
+        rc.set_input(node, 2, ends)
+        for i in _bound_slots(node):  # axes / steps computed at run time: their values
+            if i > 2 and not isinstance(node.inputs[i], gs.Constant):
+                rc.set_input(node, i, np.ravel(value_of(i)).astype(np.int64))
+
+
+def _bound_slots(node) -> list[int]:
+    """The given bound operands of a Slice (starts, ends, axes, steps)."""
+    return [i for i in range(1, min(len(node.inputs), 5)) if node.inputs[i].name]
+
+
+def _run_time_bounds(node) -> bool:
+    return any(not isinstance(node.inputs[i], gs.Constant) for i in _bound_slots(node))
+
+
+def _bound_value(node):
+    """``value_of(slot)`` for ``_slice_params``: the static value of a bound operand."""
+
+    def value_of(i):
+        t = node.inputs[i] if i < len(node.inputs) else None
+        return static_value(t) if t is not None and t.name else None
+
+    return value_of
+
+
+def _freeze_bound_reads(ctx, node, reason: str) -> None:
+    """Foldable run-time bounds of a Slice this rule could not map: no size they read may
+    change (the Shape rule let them, counting on the refold)."""
+    for i in _bound_slots(node):
+        for t, ax in dims_read(node.inputs[i]):
+            if t.shape is not None:
+                ctx.space.freeze(ctx.tensor_dim(t, ax), f"{node.op}: {reason}")

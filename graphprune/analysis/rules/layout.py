@@ -21,7 +21,7 @@ from ..shape_values import (
     symbol_name,
     symbolic_shape,
 )
-from .registry import OpRule, is_structural, register
+from .registry import OpRule, is_structural, register, structural_axis
 
 
 def match_chunks(a, b):
@@ -90,6 +90,15 @@ def link_reshape(ctx, a, b) -> dict[int, int]:
         elif len(jj) == 1 and (merge := _lead(a, ii)):  # merge: blocks of the leading axis
             lead, inner = merge
             ctx.block(ctx.out_dim(0, jj[0]), ctx.in_dim(0, lead), inner)
+            for k in ii:  # a shuffle's group axis, merged back in: kept whole, not a unit
+                if k != lead and is_structural(ctx.node.inputs[0], k):
+                    ctx.touch(ctx.in_dim(0, k))
+        elif len(ii) == 1 and (pair := _structural_split(ctx, b, jj)):
+            groups, inner = pair  # C -> (g, C/g), g structural: unit j sits at i*C/g + j
+            x, unit = ctx.in_dim(0, ii[0]), ctx.out_dim(0, inner)
+            c = np.arange(x.size)
+            ctx.space.link(x, c, unit, c % unit.size)
+            ctx.touch(ctx.out_dim(0, groups))
         elif len(ii) == 1 and (split := _lead(b, jj)):  # split: hidden → (heads, head_dim)
             lead, inner = split
             heads = ctx.out_dim(0, lead)
@@ -106,6 +115,87 @@ def _structural_merge(ctx, a, ii) -> tuple[int, int] | None:
     if len(known) != 2 or any(is_symbol(a[k]) for k in known):
         return None
     return tuple(known) if is_structural(ctx.node.inputs[0], known[0]) else None
+
+
+def _structural_split(ctx, b, jj) -> tuple[int, int] | None:
+    """(leading, trailing) output axis of a split of one axis into two known factors whose
+    leading one is structural (a channel shuffle's group axis)."""
+    known = [k for k in jj if b[k] != 1]
+    if len(known) != 2 or any(is_symbol(b[k]) for k in known):
+        return None
+    return tuple(known) if is_structural(ctx.node.outputs[0], known[0]) else None
+
+
+def _known_axes(shape, axes) -> list[int]:
+    return [k for k in axes if shape[k] != 1]
+
+
+def _shuffle_split(node) -> int | None:
+    """For the first Reshape of a channel shuffle, the group axis ``p`` of its output:
+    ``view(n, g, c/g, h, w)`` splits one axis into (g, c/g) at output axes (p, p+1), every
+    consumer is a Transpose that swaps the two (``transpose(1, 2)``), and every consumer of
+    those Reshapes the pair (c/g, g) back into one axis. Index ``i*(c/g) + j`` of the input
+    lands at ``j*g + i`` of the result: a fixed interleave, exact after pruning only if the
+    same indices ``j`` go from every group, so the group axis is structure (kept whole) and
+    the units are the ``c/g`` indices."""
+    if node is None or node.op != "Reshape" or len(node.outputs) != 1:
+        return None
+    a, b = symbolic_shape(node.inputs[0]), symbolic_shape(node.outputs[0])
+    chunks = match_chunks(a, b) if a is not None and b is not None else None
+    if not chunks:
+        return None
+    splits = [jj for ii, jj in chunks if len(ii) == 1 and len(jj) > 1]
+    if len(splits) != 1 or any(len(ii) != len(jj) for ii, jj in chunks if jj is not splits[0]):
+        return None
+    pair = _known_axes(b, splits[0])
+    if len(pair) != 2 or pair[1] != pair[0] + 1 or any(is_symbol(b[k]) for k in pair):
+        return None
+    p = pair[0]
+    out = node.outputs[0]
+    if not out.outputs:
+        return None
+    for t in out.outputs:
+        perm = t.attrs.get("perm") if t.op == "Transpose" else None
+        if perm is None:
+            return None
+        perm = [int(k) for k in perm]
+        if p + 1 not in perm or perm.index(p + 1) + 1 >= len(perm):
+            return None
+        q = perm.index(p + 1)
+        if perm[q + 1] != p or not _merged_back(t.outputs[0], q):
+            return None
+    return p
+
+
+def _merged_back(t, q: int) -> bool:
+    """Every consumer of ``t`` is a Reshape that merges axes (q, q+1) into one."""
+    a = symbolic_shape(t)
+    if a is None or not t.outputs:
+        return False
+    for r in t.outputs:
+        b = symbolic_shape(r.outputs[0]) if r.op == "Reshape" else None
+        chunks = match_chunks(a, b) if b is not None else None
+        if not chunks or not any(
+            len(jj) == 1 and _known_axes(a, ii) == [q, q + 1] for ii, jj in chunks
+        ):
+            return False
+    return True
+
+
+@structural_axis
+def _shuffle_group_axis(t, axis: int) -> bool:
+    """The group axis of a channel shuffle (``_shuffle_split``): the split's output axis,
+    and the same axis after the Transpose."""
+    node = t.inputs[0] if len(t.inputs) == 1 else None
+    if node is None:
+        return False
+    if node.op == "Reshape":
+        return _shuffle_split(node) == axis
+    if node.op == "Transpose" and len(node.inputs[0].inputs) == 1:
+        p = _shuffle_split(node.inputs[0].inputs[0])
+        perm = node.attrs.get("perm")
+        return p is not None and perm is not None and int(perm[axis]) == p
+    return False
 
 
 def _repeat_axis(ctx, a, ii) -> int | None:
@@ -310,21 +400,34 @@ class Pad(OpRule):
         a = ctx.in_shape(0)
         if a is None:
             raise Unsupported("rank unknown")
-        pads = ctx.attr("pads") if ctx.opset < 11 else ctx.value(1)
+        # run-time pads (TorchScript's F.pad: Concat → Reshape → Slice(::-1) → Transpose)
+        # are evaluated; any size they read is frozen by the Shape rule (Pad is no shape
+        # operand it follows), so their value cannot change
+        pads = ctx.attr("pads") if ctx.opset < 11 else _static_operand(node, 1)
         if pads is None:
             raise Unsupported("pads computed at run time")
         axes = list(range(len(a)))
         if ctx.inp(3) is not None:
-            ax_val = ctx.value(3)
+            ax_val = _static_operand(node, 3)
             if ax_val is None:
                 raise Unsupported("axes computed at run time")
             axes = [int(x) % len(a) for x in ax_val]
-        pads = [int(p) for p in pads]
+        pads = [int(p) for p in np.ravel(pads)]
         n = len(axes)
         padded = {ax for k, ax in enumerate(axes) if pads[k] or pads[k + n]}
         for ax in range(len(a)):
             if ax not in padded:
                 ctx.identity(ctx.in_dim(0, ax), ctx.out_dim(0, ax))
+
+
+def _static_operand(node, slot: int) -> np.ndarray | None:
+    """The static value of an integer operand, None if unknown or symbolic."""
+    if slot >= len(node.inputs) or not node.inputs[slot].name:
+        return None
+    v = static_value(node.inputs[slot])
+    if v is None or any(is_symbol(int(x)) for x in np.ravel(v)):
+        return None
+    return v
 
 
 @register

@@ -10,7 +10,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..context import Unsupported
-from ..shape_values import SHAPE_MATH, flows_only_into_shape_operands
+from ..shape_values import SHAPE_MATH, flows_only_into_shape_operands, slice_bounds_foldable
 from .registry import OpRule, register
 
 
@@ -66,6 +66,8 @@ def flows_only_into_shape_operands_from(node: gs.Node, slots: list[int]) -> bool
         return True
     if node.op == "Shape":
         return True
+    if node.op == "Slice" and 0 not in slots and slice_bounds_foldable(node):
+        return True  # bounds the Slice rule re-folds as constants
     return node.op in SHAPE_MATH and all(flows_only_into_shape_operands(o) for o in node.outputs)
 
 
