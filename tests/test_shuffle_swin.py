@@ -180,19 +180,6 @@ def test_shape_arithmetic_does_not_walk_the_network():
 # --------------------------------------------------------------------------- the zoo
 
 torch = pytest.importorskip("torch")
-from models.zoo import build  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def zoo_model():
-    cache = {}
-
-    def get(name, exporter):
-        if (name, exporter) not in cache:
-            cache[name, exporter] = onnx.load(str(build(name, exporter)))
-        return cache[name, exporter]
-
-    return get
 
 
 @pytest.mark.slow

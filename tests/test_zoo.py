@@ -13,18 +13,6 @@ from models.zoo import SKLEARN_MLP, SMALL_ZOO, build  # noqa: E402
 IO_REASONS = {"graph input", "graph output"}
 
 
-@pytest.fixture(scope="module")
-def zoo_model():
-    cache = {}
-
-    def get(name, exporter):
-        if (name, exporter) not in cache:
-            cache[name, exporter] = onnx.load(str(build(name, exporter)))
-        return cache[name, exporter]
-
-    return get
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
