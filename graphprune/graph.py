@@ -93,9 +93,19 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     io = {vi.name for vi in list(model.graph.input) + list(model.graph.output)}
     if _incomplete(model, found):
         # declared I/O shapes are the contract; never override them
-        _merge(found, _symbolic_infer(_skeleton(model, large_as_inputs=True)), io)
+        ran = False
+        if _static_inputs(model) and _unsized(model, found):
+            # every size is known: one ORT run gives them all exactly, where symbolic
+            # inference would invent dims (counted as 1) for what data propagation missed
+            from .ort_shapes import ort_shapes
+
+            more = ort_shapes(model)
+            _merge(found, more, io)
+            ran = bool(more)
+        if not ran or _unsized(model, found):
+            _merge(found, _symbolic_infer(_skeleton(model, large_as_inputs=True)), io)
         unsized = _unsized(model, found)
-        if unsized:
+        if unsized and not ran:
             from .ort_shapes import ort_shapes
 
             log.info(
@@ -109,6 +119,17 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         del model.graph.value_info[:]
         model.graph.value_info.extend(found.values())
     return model
+
+
+def _static_inputs(model: onnx.ModelProto) -> bool:
+    inits = {t.name for t in model.graph.initializer}
+    for vi in model.graph.input:
+        if vi.name in inits:
+            continue
+        t = vi.type.tensor_type
+        if not t.HasField("shape") or not all(d.HasField("dim_value") for d in t.shape.dim):
+            return False
+    return True
 
 
 def _merge(found: dict, more: dict, io: set) -> None:

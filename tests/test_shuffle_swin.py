@@ -210,11 +210,6 @@ def test_swin_prunes_exactly(zoo_model, exporter):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="TorchScript's pads (Mod) defeat onnx data propagation; ORT's symbolic inference "
-    "then invents symbolic H, W dims that count as 1 (graphprune/graph.py infer_shapes)",
-)
 def test_swin_exporters_count_the_same_macs(zoo_model):
     ts = prune_and_check(zoo_model("swin", "torchscript"), 0.3)
     dy = prune_and_check(zoo_model("swin", "dynamo"), 0.3)
