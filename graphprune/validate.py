@@ -63,17 +63,21 @@ def session(
         raise error(f"ONNX Runtime cannot load {what}: {one_line(e)}") from e
 
 
-def check_input(model: onnx.ModelProto) -> ort.InferenceSession:
+def check_input(model: onnx.ModelProto, load: bool = True) -> ort.InferenceSession | None:
     """The user's model must pass ``onnx.checker`` and load in ONNX Runtime: otherwise no
     output of ours could be proven against it (exit 3, not a rewrite error). An op the
     checker does not know but ONNX Runtime runs (its own ops in the default domain) passes.
-    Returns the session (for the input-size probe)."""
+    Returns the session (for the input-size probe). With ``load`` False (no parity, no
+    probe: the ORT check costs a session of the whole model) only the checker runs, and the
+    pruned model's own load decides later (``passes/parity.py`` tells the two apart)."""
     checker_error = None
     if model.ByteSize() < 2**31 - 1:
         try:
             onnx.checker.check_model(model)
         except Exception as e:  # the checker raises ValidationError and friends
             checker_error = one_line(e)[:300]
+    if not load and checker_error is None:
+        return None
     sess = session(model, error=ModelLoadError, what="the input model")
     if checker_error is not None and "No Op registered" not in checker_error:
         raise ModelLoadError(f"the input model fails onnx.checker: {checker_error}")

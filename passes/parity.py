@@ -4,7 +4,8 @@ is measured and the earlier exact check is kept as ``mask_check``."""
 
 from __future__ import annotations
 
-from graphprune.validate import ParityResult, compare, session
+from graphprune.errors import RewriteError
+from graphprune.validate import ParityResult, check_input, compare, session
 
 from .base import Pass, PassContext, PassResult
 
@@ -18,7 +19,11 @@ class Parity(Pass):
 
     def run(self, graph, ctx: PassContext) -> PassResult:
         if ctx.reference is None:
-            session(ctx.pruned)  # it must at least load
+            try:
+                session(ctx.pruned)  # it must at least load
+            except RewriteError:
+                check_input(ctx.original)  # the input's fault (exit 3) if it fails too
+                raise
             ctx.parity = ParityResult("skipped")
             return PassResult(False, "skipped; the model loads in ONNX Runtime")
         if self.after_reconstruction and not ctx.reconstructed:

@@ -317,7 +317,8 @@ def test_an_unwritable_report_leaves_no_model(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # all outputs or none
 
 
-def test_an_input_onnx_runtime_cannot_load_is_exit_3(tmp_path, capsys):
+@pytest.mark.parametrize("flags", [(), ("--no-parity",)])
+def test_an_input_onnx_runtime_cannot_load_is_exit_3(tmp_path, capsys, flags):
     from test_analysis import conv
 
     from graphs import G
@@ -334,7 +335,7 @@ def test_an_input_onnx_runtime_cannot_load_is_exit_3(tmp_path, capsys):
     )
     path, out = tmp_path / "m.onnx", tmp_path / "o.onnx"
     onnx.save(model, path)
-    assert main(["prune", str(path), "-o", str(out)]) == 3
+    assert main(["prune", str(path), "-o", str(out), *flags]) == 3
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ONNX Runtime cannot load the input model" in err[0]
     assert not out.exists()
