@@ -38,3 +38,17 @@ class G:
         m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
         m.ir_version = 8
         return onnx.shape_inference.infer_shapes(m)
+
+
+def attr(node: onnx.NodeProto, name: str):
+    """The value of ``node``'s attribute ``name``."""
+    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
+
+
+def nodes_of(model: onnx.ModelProto, op_type: str) -> list[onnx.NodeProto]:
+    return [n for n in model.graph.node if n.op_type == op_type]
+
+
+def weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """Initializer name -> array."""
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}

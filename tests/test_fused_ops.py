@@ -26,6 +26,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.graph import infer_shapes
 from graphprune.prune import analyze_model
+from graphs import attr as _attr
+from graphs import nodes_of as _nodes
+from graphs import weights as _weights
 from pruning_checks import prune_and_check, refused_as_nothing_pruned, run
 
 HEADS_AND_MLP = {"head": 0.5, "neuron": 0.5}
@@ -37,18 +40,6 @@ def _in_tmp_path(tmp_path, monkeypatch):
     external ``.data`` files) into the working directory when it cannot size every tensor,
     as with GroupQueryAttention's present outputs: keep that out of the checkout."""
     monkeypatch.chdir(tmp_path)
-
-
-def _attr(node: onnx.NodeProto, name: str):
-    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
-
-
-def _nodes(model: onnx.ModelProto, op_type: str) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.op_type == op_type]
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
 def _units(analysis, kind: str) -> list[int]:

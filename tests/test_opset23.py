@@ -28,6 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from graphprune.analysis.rules.registry import NodeView, rule_for_op
 from graphprune.prune import PruneOptions, analyze_model, prune_model
+from graphs import attr as _attr
+from graphs import nodes_of as _nodes
+from graphs import weights as _weights
 from pruning_checks import (
     assert_structure,
     assert_valid,
@@ -47,18 +50,6 @@ def _in_tmp_path(tmp_path, monkeypatch):
     """ORT's symbolic shape inference may save temporary files into the working directory
     when it cannot size a tensor: keep them out of the checkout."""
     monkeypatch.chdir(tmp_path)
-
-
-def _attr(node: onnx.NodeProto, name: str):
-    return next(helper.get_attribute_value(a) for a in node.attribute if a.name == name)
-
-
-def _nodes(model: onnx.ModelProto, op_type: str) -> list[onnx.NodeProto]:
-    return [n for n in model.graph.node if n.op_type == op_type]
-
-
-def _weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
 
 def _heads(analysis, prunable: bool = True) -> list[int]:
