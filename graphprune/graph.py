@@ -94,7 +94,7 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     if _incomplete(model, found):
         # declared I/O shapes are the contract; never override them
         ran = False
-        if _static_inputs(model) and _unsized(model, found):
+        if static_inputs(model) and _unsized(model, found):
             # every size is known: one ORT run gives them all exactly, where symbolic
             # inference would invent dims (counted as 1) for what data propagation missed
             from .ort_shapes import ort_shapes
@@ -121,7 +121,20 @@ def infer_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _static_inputs(model: onnx.ModelProto) -> bool:
+def all_graphs(graph: onnx.GraphProto):
+    """``graph`` and every If/Loop/Scan body inside it, outermost first."""
+    yield graph
+    for n in graph.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from all_graphs(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from all_graphs(g)
+
+
+def static_inputs(model: onnx.ModelProto) -> bool:
+    """Every fed input (initializers excluded) declares a fixed size for every dim."""
     inits = {t.name for t in model.graph.initializer}
     for vi in model.graph.input:
         if vi.name in inits:

@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from .analysis.rules import NodeView
 from .analysis.rules.registry import OpRule, rule_for_op
+from .graph import all_graphs
 
 log = logging.getLogger(__name__)
 
@@ -81,23 +82,11 @@ _FLOAT_TYPES = {
 }
 
 
-def _graphs(graph: onnx.GraphProto):
-    """The graph and every If/Loop/Scan body inside it."""
-    yield graph
-    for n in graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield from _graphs(a.g)
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                for g in a.graphs:
-                    yield from _graphs(g)
-
-
 def count_params(model: onnx.ModelProto) -> int:
     """Elements of the weights: floating-point initializers and Constant-node tensors, and
     integer ones a rule reads as a weight (QDQ's quantized data), subgraphs included."""
     total = 0
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         int_weights = set()
         for n in g.node:
             rule = rule_for_op(n.domain, n.op_type)

@@ -32,7 +32,7 @@ from .criteria import CRITERIA, score_groups
 from .depth import select_blocks
 from .errors import PlanError, UsageError
 from .evaluate import accuracy, load_data, output_deviation, run_outputs
-from .graph import import_graph, infer_shapes, load_model
+from .graph import import_graph, infer_shapes, load_model, static_inputs
 from .importance import calibration_targets
 from .knockout import model_outputs
 from .metrics import summarize
@@ -180,19 +180,12 @@ def prune_model(
     )
 
 
-def _static_inputs(model) -> bool:
-    try:
-        return not resolve(model).symbolic  # no probe: symbolic dims would be "probed"
-    except UsageError:  # an input without a declared shape
-        return False
-
-
 def input_shapes(model, opts: PruneOptions, plan: Plan | None, feeds, eval_data) -> InputShapes:
     """The input model checked (it loads in ONNX Runtime, exit 3 if not) and the size of
     every input: given, from a replayed plan, from the data, or probed on the original."""
     data = feeds[0] if feeds else (eval_data[0] if eval_data else None)
     given = opts.input_shape or (plan is not None and plan.input_shapes)
-    probe = given or not _static_inputs(model)
+    probe = given or not static_inputs(model)
     sess = check_input(model, load=opts.parity or bool(probe))
 
     scalars = {k: v for k, v in (data or {}).items() if np.ndim(v) == 0}

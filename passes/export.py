@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import onnx
 
-from graphprune.graph import check_model, export_model
+from graphprune.graph import all_graphs, check_model, export_model
 from graphprune.metrics import summarize
 from graphprune.shapes import macs_at
 
@@ -69,15 +69,6 @@ def _rename_ort_fusion_names(model: onnx.ModelProto) -> None:
                     n.input[i] = renamed[x]
 
 
-def _subgraphs(graph: onnx.GraphProto):
-    for n in graph.node:
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                yield a.g
-            elif a.type == onnx.AttributeProto.GRAPHS:
-                yield from a.graphs
-
-
 def hoist_subgraph_initializers(model: onnx.ModelProto) -> int:
     """graphsurgeon exports an outer constant read inside If/Loop branches as an initializer
     of every branch that reads it, so a weight the input held once would be stored once per
@@ -87,10 +78,7 @@ def hoist_subgraph_initializers(model: onnx.ModelProto) -> int:
     inits = {t.name: t for t in main.initializer}
     taken = {v.name for v in main.input} | {o for n in main.node for o in n.output}
     moved = 0
-    stack = list(_subgraphs(main))
-    while stack:
-        g = stack.pop()
-        stack.extend(_subgraphs(g))
+    for g in list(all_graphs(main))[1:]:
         inner = {v.name for v in g.input} | {o for n in g.node for o in n.output}
         keep = []
         for t in g.initializer:
