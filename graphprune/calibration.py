@@ -18,6 +18,7 @@ import onnx
 
 from .errors import CalibrationError
 from .evaluate import check_arrays, load_npz, model_batches
+from .progress import advance
 from .validate import session
 
 log = logging.getLogger(__name__)
@@ -144,13 +145,8 @@ def _truncate(graph: onnx.GraphProto, names: list[str]) -> None:
     graph.initializer.extend(inits)
 
 
-#: called as ``progress(done, total)`` after every calibration batch (the CLI draws a bar)
-PROGRESS: list = []
-
-
 def _report(done: int, total: int) -> None:
-    for callback in PROGRESS:
-        callback(done, total)
+    advance("calibration", done, total)
 
 
 def capture(model: onnx.ModelProto, feeds: list[dict], targets, gram: bool = False) -> Activations:

@@ -15,13 +15,17 @@ import os
 import sys
 from pathlib import Path
 
-from . import calibration, progress
+from . import progress
+from .bench import bench_pruned, format_bench, measure, timing_feed
+from .config import load_config
 from .errors import GraphpruneError, NothingPruned, ParityError, UsageError
+from .evaluate import load_data
 from .graph import load_model
 from .options import GQA_MODES, OPTIONS, PruneOptions, epilog
 from .outputs import Outputs
 from .prune import analyze_model, prune_model
 from .report import build_report, format_analysis, format_summary, group_rows
+from .shapes import InputShapes, macs_at
 from .text import save_npz_atomic, tokenize_file
 
 log = logging.getLogger("graphprune")
@@ -77,7 +81,21 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     r.add_argument("model")
-    r.add_argument("-o", "--output", required=True, help="pruned model path (never the input)")
+    r.add_argument("-o", "--output", help="pruned model path (never the input)")
+    r.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="read options from a TOML file (keys as the flags are spelled); flags override it",
+    )
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="make the plan and print it with the params and MACs it predicts; write no model",
+    )
+    r.add_argument("-q", "--quiet", action="store_true", help="print one summary line")
+    r.add_argument(
+        "-v", "--verbose", action="count", help="print every layer and the passes' times"
+    )
     for opt in OPTIONS:
         kw = {"dest": opt.name, "help": opt.help}
         if opt.action:
@@ -87,8 +105,29 @@ def _parser() -> argparse.ArgumentParser:
         elif opt.metavar and opt.action not in ("store_true", "store_false"):
             kw["metavar"] = opt.metavar
         r.add_argument(opt.flag, **kw)
-    r.add_argument("--save-plan", metavar="PATH", default=None, help="write the plan as JSON")
-    r.add_argument("--json", metavar="PATH", default=None, help="write the report as JSON")
+    r.add_argument("--save-plan", metavar="PATH", help="write the plan as JSON")
+    r.add_argument("--json", metavar="PATH", help="write the report as JSON")
+
+    b = sub.add_parser(
+        "bench",
+        help="time models in ONNX Runtime on this CPU, interleaved, against the first one",
+    )
+    b.add_argument("models", nargs="+", metavar="MODEL", help="the first is the baseline")
+    b.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="NAME=DxD",
+        help="the size of an input with symbolic dims (repeatable; default: from --data, "
+        "else probed, as prune does)",
+    )
+    b.add_argument("--data", metavar="NPZ", help="time on the first sample of this data")
+    b.add_argument("--threads", metavar="N,M", help="thread counts (default 1 and all cores)")
+    b.add_argument("--warmup", type=int, default=3, metavar="N", help="warm-up runs per model")
+    b.add_argument("--min-runs", type=int, default=20, metavar="N", help="timed runs at least")
+    b.add_argument(
+        "--min-time", type=float, default=2.0, metavar="S", help="seconds per thread count"
+    )
+    b.add_argument("--json", metavar="PATH", help="write the table as JSON")
     return p
 
 
@@ -128,44 +167,94 @@ def cmd_calib_from_text(args) -> int:
     return 0
 
 
-def _progress_bar(done: int, total: int) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    end = "\n" if done >= total else ""
-    print(
-        f"\rcalibration [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-        end=end,
-        file=sys.stderr,
-        flush=True,
-    )
+class _Bars:
+    """tqdm bars on stderr for the library's long steps (one at a time), and the stage line
+    between them; only on a terminal."""
 
+    def __init__(self):
+        self.bar = None
+        self.step = ""
 
-def _show_stage(name: str) -> None:
-    print(f"\r\033[Kgraphprune: {name}...", end="", file=sys.stderr, flush=True)
+    def stage(self, name: str) -> None:
+        self.close()
+        print(f"\r\033[Kgraphprune: {name}...", end="", file=sys.stderr, flush=True)
 
+    def advance(self, step: str, done: int, total: int) -> None:
+        from tqdm import tqdm
 
-def _clear_stage() -> None:
-    if _show_stage in progress.LISTENERS:
+        if self.bar is None or step != self.step:
+            self.close()
+            print("\r\033[K", end="", file=sys.stderr, flush=True)
+            self.bar = tqdm(total=total, desc=step, unit="", leave=False, file=sys.stderr)
+            self.step = step
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def clear(self) -> None:
+        self.close()
         print("\r\033[K", end="", file=sys.stderr, flush=True)
 
 
+_BARS = _Bars()
+
+
+def _show_progress() -> None:
+    if sys.stderr.isatty() and _BARS.stage not in progress.LISTENERS:
+        progress.LISTENERS.append(_BARS.stage)
+        progress.BAR_LISTENERS.append(_BARS.advance)
+
+
+def _clear_stage() -> None:
+    if _BARS.stage in progress.LISTENERS:
+        _BARS.clear()
+
+
+def _with_config(args) -> dict:
+    """The options: the --config file's, overridden by the flags given; the file may also
+    give the outputs and the CLI's switches, which land on ``args``."""
+    settings = load_config(args.config) if getattr(args, "config", None) else {}
+    defaults = {"output": None, "json": None, "save_plan": None, "dry_run": False, "quiet": False}
+    for key, default in defaults.items():
+        if getattr(args, key, None) in (None, False):
+            setattr(args, key, settings.pop(key, default))
+        settings.pop(key, None)
+    if not hasattr(args, "verbose") or args.verbose is None:
+        args.verbose = 0
+    given = {o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)}
+    return {**settings, **given}
+
+
 def prune_options(args) -> PruneOptions:
-    """The flags given, as the user typed them, handed to PruneOptions to parse and check."""
-    return PruneOptions(**{o.name: getattr(args, o.name) for o in OPTIONS if hasattr(args, o.name)})
+    """The --config file and the flags given, as the user typed them, handed to
+    PruneOptions to parse and check."""
+    return PruneOptions(**_with_config(args))
 
 
 def cmd_prune(args) -> int:
-    if _same_file(args.model, args.output):
+    opts = prune_options(args)
+    if not args.output and not args.dry_run:
+        raise UsageError("the following arguments are required: -o/--output (or --dry-run)")
+    if args.output and _same_file(args.model, args.output):
         raise UsageError("output path is the input model; refusing to overwrite it")
     for flag, path in (("--json", args.json), ("--save-plan", args.save_plan)):
-        if path and (_same_file(args.model, path) or _same_file(args.output, path)):
+        if path and (
+            _same_file(args.model, path) or (args.output and _same_file(args.output, path))
+        ):
             raise UsageError(f"{flag} path is the input or the output model; give another")
-    opts = prune_options(args)
     if not Path(args.model).is_file():
         load_model(args.model)  # raises the one-line reason (missing, a directory)
-    if sys.stderr.isatty() and _progress_bar not in calibration.PROGRESS:
-        calibration.PROGRESS.append(_progress_bar)
-        progress.LISTENERS.append(_show_stage)
+    detail = 0 if args.quiet else 1 + min(args.verbose, 1)
+    _show_progress()
+    if args.dry_run:
+        return _dry_run(args, opts, detail)
     try:
         result = prune_model(args.model, opts)
     except NothingPruned as e:
@@ -184,11 +273,59 @@ def cmd_prune(args) -> int:
     if args.save_plan:
         out.add_text(args.save_plan, result.plan.to_json())
     rep = build_report(result, input_path=args.model, output_path=args.output, options=opts)
+    if opts.bench:
+        progress.stage("timing")
+        rep["bench"] = bench_pruned(args.model, result, opts)
     if args.json:
         out.add_json(args.json, rep)
     out.commit()  # every output, or none
     _clear_stage()
-    print(format_summary(rep))
+    print(format_summary(rep, detail))
+    return 0
+
+
+def _dry_run(args, opts: PruneOptions, detail: int) -> int:
+    """The plan and what it predicts; only the --json report and --save-plan, if asked,
+    are written."""
+    result = prune_model(args.model, opts, dry_run=True)
+    rep = build_report(result, input_path=args.model, options=opts, extra={"dry_run": True})
+    out = Outputs()
+    if args.save_plan:
+        out.add_text(args.save_plan, result.plan.to_json())
+    if args.json:
+        out.add_json(args.json, rep)
+    out.commit()
+    _clear_stage()
+    print(format_summary(rep, detail))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    threads = PruneOptions(threads=args.threads).threads if args.threads else ()
+    for flag, n in (("--warmup", args.warmup), ("--min-runs", args.min_runs)):
+        if n < 0:
+            raise UsageError(f"{flag} must be >= 0, got {n}")
+    if not 0 <= args.min_time < 3600:
+        raise UsageError(f"--min-time must be in [0, 3600), got {args.min_time:g}")
+    models = [load_model(m) for m in args.models]
+    first = models[0]
+    data = load_data(args.data, first)[0] if args.data else None
+    shapes = PruneOptions(input_shape=args.input_shape).input_shape if args.input_shape else None
+    feed = timing_feed(first, shapes, data)
+    macs = [macs_at(m, InputShapes(shapes={k: v.shape for k, v in feed.items()})) for m in models]
+    table = measure(
+        models,
+        feed,
+        names=args.models,
+        macs=macs,
+        threads=threads,
+        warmup=args.warmup,
+        min_runs=max(args.min_runs, 1),
+        min_time_s=args.min_time,
+    )
+    if args.json:
+        _write_json(args.json, {"models": args.models, **table.to_dict()})
+    print(format_bench(table))
     return 0
 
 
@@ -214,6 +351,7 @@ def main(argv=None) -> int:
         commands = {
             "analyze": cmd_analyze,
             "prune": cmd_prune,
+            "bench": cmd_bench,
             "calib-from-text": cmd_calib_from_text,
         }
         return commands[args.cmd](args)

@@ -25,6 +25,7 @@ from .importance import (
     slice_norms,
 )
 from .knockout import MAX_UNITS, knockout_scores
+from .progress import advance
 
 log = logging.getLogger(__name__)
 
@@ -192,4 +193,10 @@ def score_groups(
     """Scores of every group ``scored_groups(analysis, width)`` returns."""
     inputs = ScoreInputs(acts, knockout, damping, np.random.default_rng(seed))
     rule = CRITERIA[criterion]
-    return {g.id: rule.score(g, analysis, inputs) for g in scored_groups(analysis, width)}
+    groups = scored_groups(analysis, width)
+    out = {}
+    for k, g in enumerate(groups):
+        out[g.id] = rule.score(g, analysis, inputs)
+        if rule.name == "knockout":  # one ORT run per unit: long enough to show
+            advance("knockout", k + 1, len(groups))
+    return out

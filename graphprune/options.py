@@ -25,6 +25,8 @@ from .shapes import parse_input_shapes
 KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel", "recurrent": "recurrent"}
 #: every group kind a rule can give (``OpRule.unit_kind``, heads, or "other")
 GROUP_KINDS = (*KIND_FLAGS.values(), "other")
+QUANTIZE_MODES = ("none", "dynamic", "static")
+EMIT_FORMATS = ("onnx", "ort")
 GQA_MODES = {
     "kv": "a unit is one KV head with its query heads (whole KV groups go)",
     "query": "a unit is one query slot in every KV group (KV heads kept, n_rep re-folded)",
@@ -122,6 +124,19 @@ OPTIONS: tuple[Option, ...] = (
         "F",
     ),
     Option(
+        "target_speedup",
+        "--target-speedup",
+        "run S times faster in ONNX Runtime on this machine (S > 1): units are allocated with "
+        "a latency model measured here (cached per model and machine), not with MACs",
+        "S",
+    ),
+    Option(
+        "target_latency",
+        "--target-latency",
+        "run in MS milliseconds (1 thread, the input shapes used for MACs); as --target-speedup",
+        "MS",
+    ),
+    Option(
         "global_rank",
         "--global",
         "rank units across groups (group-normalised scores) instead of a uniform ratio per "
@@ -129,7 +144,13 @@ OPTIONS: tuple[Option, ...] = (
         "target, one threshold over every unit",
         action="store_true",
     ),
-    Option("round_to", "--round-to", "keep a multiple of N units per group", "N"),
+    Option(
+        "round_to",
+        "--round-to",
+        "keep a multiple of N units per group; auto: the multiple ONNX Runtime's kernels run "
+        "fastest on this machine (measured)",
+        "N|auto",
+    ),
     Option("min_keep", "--min-keep", "keep at least N units per group", "N"),
     Option(
         "exclude",
@@ -164,6 +185,39 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("plan", "--plan", "replay a saved plan instead of planning", "PATH"),
     Option("parity", "--no-parity", "skip the parity proof", action="store_false"),
+    Option(
+        "bench",
+        "--bench",
+        "time the original and the pruned model in ONNX Runtime (interleaved) into the report",
+        action="store_true",
+    ),
+    Option(
+        "threads",
+        "--threads",
+        "intra-op thread counts the timings use (default 1 and all cores)",
+        "N,M",
+    ),
+    Option(
+        "optimize",
+        "--optimize",
+        "also apply ONNX Runtime's optimisations (its transformer optimizer on transformer "
+        "graphs, its offline graph optimisations otherwise); the output keeps every fusion the "
+        "original gets",
+        action="store_true",
+    ),
+    Option(
+        "quantize",
+        "--quantize",
+        "then quantize with onnxruntime.quantization: dynamic, or static (calibrated on "
+        "--calib)",
+        choices=QUANTIZE_MODES,
+    ),
+    Option(
+        "emit",
+        "--emit",
+        "also write ONNX Runtime's .ort format (for ORT Mobile / minimal builds) beside -o",
+        choices=EMIT_FORMATS,
+    ),
 )
 
 
@@ -235,6 +289,18 @@ def _indices(flag: str, value) -> tuple[int, ...]:
     return out
 
 
+def _threads(flag: str, value) -> tuple[int, ...]:
+    """Thread counts, "1,2" or a list; () for the default (1 and all cores)."""
+    if value is None or value == "" or value == ():
+        return ()
+    if isinstance(value, int | str):
+        value = [x.strip() for x in str(value).split(",") if x.strip()]
+    if not isinstance(value, list | tuple):
+        raise UsageError(f"{flag} takes thread counts N,M, got {value!r}")
+    out = tuple(_count(flag, x, 1) for x in value)
+    return tuple(dict.fromkeys(out))
+
+
 def _data(flag: str, value):
     """A path, a dict of arrays, or a list of feed dicts; None when not given."""
     if value is None or isinstance(value, dict | list | tuple):
@@ -267,8 +333,10 @@ class PruneOptions:
     damping: float = 0.01
     target_macs: float | None = None
     target_params: float | None = None
+    target_speedup: float | None = None  # > 1
+    target_latency: float | None = None  # ms, 1 thread
     global_rank: bool = False
-    round_to: int = 1
+    round_to: int | str = 1  # "auto": measured (graphprune.latency)
     min_keep: int = 1
     exclude: tuple[str, ...] = ()
     seed: int = 0
@@ -279,6 +347,11 @@ class PruneOptions:
     plan: object = None  # a Plan or the path of a saved one: replayed, no planning
     parity: bool = True
     parity_feeds: list | None = None  # None: the first 4 calibration batches
+    bench: bool = False
+    threads: tuple[int, ...] = ()  # () : 1 and all cores
+    optimize: bool = False
+    quantize: str = "none"
+    emit: str = "onnx"
 
     def __post_init__(self):
         if self.ratio is not None:
@@ -313,10 +386,31 @@ class PruneOptions:
             self.target_macs = _fraction("--target-macs", self.target_macs)
         if self.target_params is not None:
             self.target_params = _fraction("--target-params", self.target_params)
-        if self.target_macs is not None and self.target_params is not None:
-            raise UsageError("give --target-macs or --target-params, not both")
+        if self.target_speedup is not None:
+            self.target_speedup = _number("--target-speedup", self.target_speedup)
+            if self.target_speedup <= 1:
+                raise UsageError(f"--target-speedup must be > 1, got {self.target_speedup:g}")
+        if self.target_latency is not None:
+            self.target_latency = _number("--target-latency", self.target_latency)
+            if self.target_latency <= 0:
+                raise UsageError(f"--target-latency must be > 0, got {self.target_latency:g}")
+        targets = [
+            f
+            for f, v in (
+                ("--target-macs", self.target_macs),
+                ("--target-params", self.target_params),
+                ("--target-speedup", self.target_speedup),
+                ("--target-latency", self.target_latency),
+            )
+            if v is not None
+        ]
+        if len(targets) > 1:
+            raise UsageError(f"give one of {', '.join(targets)}, not several")
         self.global_rank = _bool("--global", self.global_rank)
-        self.round_to = _count("--round-to", self.round_to, 1)
+        if isinstance(self.round_to, str) and self.round_to.strip().lower() == "auto":
+            self.round_to = "auto"
+        else:
+            self.round_to = _count("--round-to", self.round_to, 1)
         self.min_keep = _count("--min-keep", self.min_keep, 1)
         self.exclude = (self.exclude,) if isinstance(self.exclude, str) else tuple(self.exclude)
         self.seed = _count("--seed", self.seed, 0)
@@ -333,6 +427,11 @@ class PruneOptions:
             and all(isinstance(f, dict) for f in self.parity_feeds)
         ):
             raise UsageError("parity_feeds takes a list of feed dicts (input name -> array)")
+        self.bench = _bool("--bench", self.bench)
+        self.threads = _threads("--threads", self.threads)
+        self.optimize = _bool("--optimize", self.optimize)
+        self.quantize = _choice("--quantize", self.quantize or "none", QUANTIZE_MODES)
+        self.emit = _choice("--emit", self.emit or "onnx", EMIT_FORMATS)
         if self.calib is None:
             needs = self.needs_calibration()
             if needs:
@@ -349,11 +448,16 @@ class PruneOptions:
 
     @property
     def budget(self) -> tuple[str, float] | None:
-        """(what, fraction kept) the plan must reach, if any."""
+        """(what, amount) the plan must reach, if any: ("macs"|"params", fraction kept),
+        ("latency", fraction of the measured latency kept) or ("latency_ms", milliseconds)."""
         if self.target_macs is not None:
             return "macs", self.target_macs
         if self.target_params is not None:
             return "params", self.target_params
+        if self.target_speedup is not None:
+            return "latency", 1.0 / self.target_speedup
+        if self.target_latency is not None:
+            return "latency_ms", self.target_latency
         return None
 
     @property
@@ -367,6 +471,8 @@ class PruneOptions:
             return f"--criterion {self.criterion}"
         if RECONSTRUCTIONS[self.reconstruct].needs_calibration:
             return f"--reconstruct {self.reconstruct}"
+        if self.quantize == "static":
+            return "--quantize static"
         return ""
 
     def summary(self) -> dict:

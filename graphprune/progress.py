@@ -1,14 +1,24 @@
-"""The stage a run is in, for whoever listens: the CLI shows it on a terminal, so a long
-step (analysis of a big graph, calibration, a refit) is never silent. The library itself
-only calls ``stage``; with no listener it costs nothing."""
+"""What a run is doing, for whoever listens: the stage it is in, and how far a long step
+(calibration, knockout, reconstruction, a sweep) has got. The CLI shows both on a terminal
+(with tqdm), so a long step is never silent. The library only calls ``stage`` and
+``advance``; with no listener they cost nothing."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+#: called as ``listener(name)`` when a stage starts
 LISTENERS: list[Callable[[str], None]] = []
+#: called as ``listener(step, done, total)`` as a long step advances
+BAR_LISTENERS: list[Callable[[str, int, int], None]] = []
 
 
 def stage(name: str) -> None:
     for listener in LISTENERS:
         listener(name)
+
+
+def advance(step: str, done: int, total: int) -> None:
+    """``done`` of ``total`` items of ``step`` ("calibration", "knockout", ...) finished."""
+    for listener in BAR_LISTENERS:
+        listener(step, done, total)

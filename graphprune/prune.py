@@ -28,6 +28,7 @@ from graphprune.passes.slice_constants import SliceConstants
 from .allocate import Allocator
 from .analysis.groups import Analysis, analyze
 from .calibration import Activations, calibration_feeds, capture
+from .cost import CostModel
 from .criteria import CRITERIA, score_groups
 from .depth import select_blocks
 from .errors import PlanError, UsageError
@@ -35,6 +36,7 @@ from .evaluate import accuracy, load_data, output_deviation, run_outputs
 from .graph import import_graph, infer_shapes, load_model, static_inputs
 from .importance import calibration_targets
 from .knockout import model_outputs
+from .layers import layer_rows
 from .metrics import summarize
 from .options import PruneOptions
 from .outcome import check_options_match, check_plan_removes
@@ -59,6 +61,8 @@ class PruneResult:
     evaluation: dict = field(default_factory=dict)  # "eval" / "accuracy" with --eval
     calibration_batches: int = 0
     shapes: InputShapes | None = None  # the input sizes MACs and parity used
+    layers: list[dict] = field(default_factory=list)  # graphprune.layers.layer_rows
+    sample: dict | None = None  # the first calibration batch (what --bench times on)
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -97,9 +101,12 @@ def prune_model(
     model: onnx.ModelProto | str | Path,
     options: PruneOptions | None = None,
     plan: Plan | str | Path | None = None,
+    dry_run: bool = False,
 ) -> PruneResult:
     """Prune ``model`` (a path or a ModelProto) as ``options`` say: by a new plan, or by
-    ``plan`` (a Plan or a saved plan's path; the same as ``options.plan``) replayed."""
+    ``plan`` (a Plan or a saved plan's path; the same as ``options.plan``) replayed. With
+    ``dry_run`` it stops once the plan is made: ``result.model`` is None and ``after``
+    holds the params and MACs the plan predicts (``after["predicted"]`` is True)."""
     opts = options or PruneOptions()
     if plan is not None:
         opts = PruneOptions(**{**vars(opts), "plan": plan})
@@ -142,7 +149,23 @@ def prune_model(
         check_plan_removes(given_plan, analysis, opts, model)
         given_plan.gqa = gqa
         given_plan.input_shapes = {n: list(s) for n, s in shapes.shapes.items()}
+        layers = layer_rows(analysis, given_plan)
         t["plan"] = time.perf_counter()
+        if dry_run:
+            keys = list(t)
+            return PruneResult(
+                None,
+                given_plan,
+                analysis,
+                ParityResult("skipped"),
+                before,
+                predicted_after(analysis, given_plan, before),
+                {k: t[k] - t[p] for p, k in zip(keys, keys[1:], strict=False)},
+                calibration_batches=len(feeds),
+                shapes=shapes,
+                layers=layers,
+                sample=feeds[0] if feeds else None,
+            )
         parity_feeds = opts.parity_feeds if opts.parity_feeds is not None else feeds[:4]
         ctx = PassContext(
             analysis=analysis,
@@ -177,7 +200,25 @@ def prune_model(
         evaluation,
         len(feeds),
         shapes,
+        layers,
+        feeds[0] if feeds else None,
     )
+
+
+def predicted_after(analysis: Analysis, plan: Plan, before: dict) -> dict:
+    """Params and MACs the plan leaves, from the cost model (what ``--dry-run`` shows):
+    what the removed units' terms cost is taken off the measured totals."""
+    cost = CostModel(analysis)
+    by_key = {g.key: g for g in analysis.groups}
+    labels = [by_key[gp.key].unit_labels[gp.remove] for gp in plan.groups if gp.key in by_key]
+    removed = np.concatenate(labels) if labels else np.zeros(0, int)
+    out = {"predicted": True, "bytes": None}
+    full, left = cost.cost(np.zeros(0, int), "params"), cost.cost(removed, "params")
+    out["params"] = int(round(before["params"] - (full - left)))
+    full, left = cost.cost(np.zeros(0, int), "macs"), cost.cost(removed, "macs")
+    # the cost model's MACs may be at other input sizes than the measured total: its ratio
+    out["macs"] = int(round(before["macs"] * left / full)) if full else before["macs"]
+    return out
 
 
 def input_shapes(model, opts: PruneOptions, plan: Plan | None, feeds, eval_data) -> InputShapes:

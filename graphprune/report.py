@@ -65,15 +65,7 @@ def build_report(
             "frozen": len(a.frozen),
             "frozen_reasons": frozen_reasons(a),
             "dropped_blocks": [gp.key for gp in result.plan.groups if gp.drop],
-            "pruned_detail": [
-                {
-                    "key": gp.key,
-                    "kind": gp.kind,
-                    "units_before": gp.units,
-                    "units_after": gp.units - len(gp.remove),
-                }
-                for gp in result.plan.groups
-            ],
+            "pruned_detail": result.layers,
         },
         "time_s": round(sum(result.timings.values()), 4),
         "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
@@ -88,15 +80,53 @@ def _pct(before: float, after: float) -> str:
     return f"{(after - before) / before * 100:+.1f}%" if before else "n/a"
 
 
-def format_summary(rep: dict) -> str:
-    g = rep["groups"]
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else "..." + text[-(width - 3) :]
+
+
+def format_layers(rows: list[dict], limit: int | None = 12) -> str:
+    """The per-layer table: the ``limit`` groups with the largest MACs share (all: None)."""
+    shown = sorted(rows, key=lambda r: -r["macs_share"])
+    shown = shown if limit is None else shown[:limit]
+    width = min(56, max([5, *(len(r["key"]) for r in shown)]))
     lines = [
-        f"pruned {rep['input']} -> {rep['output'] or '(not written)'}",
+        f"  {'layer (group)':<{width}} {'kind':<8} {'units':>11} {'MACs share':>10} "
+        f"{'removed':>8}  what"
+    ]
+    for r in shown:
+        units = f"{r['units_before']}->{r['units_after']}"
+        what = r["removed"] + (" (approx.)" if r.get("approximate") else "")
+        lines.append(
+            f"  {_short(r['key'], width):<{width}} {r['kind']:<8} {units:>11} "
+            f"{r['macs_share'] * 100:>9.1f}% {r['macs_removed'] * 100:>7.1f}%  {what}"
+        )
+    if len(shown) < len(rows):
+        lines.append(f"  ... {len(rows) - len(shown)} more groups (-v lists all)")
+    return "\n".join(lines)
+
+
+def format_summary(rep: dict, detail: int = 1) -> str:
+    """The text summary: ``detail`` 0 is one line, 1 the summary with the largest layers,
+    2 every layer and the passes' times."""
+    g = rep["groups"]
+    verb = "would prune" if rep.get("dry_run") else "pruned"
+    if detail <= 0:
+        p = rep["parity"]["status"]
+        return (
+            f"{verb} {rep['input']} -> {rep['output'] or '(not written)'}: params "
+            f"{_pct(rep['params']['before'], rep['params']['after'])}, MACs "
+            f"{_pct(rep['macs']['before'], rep['macs']['after'])}, parity {p}"
+        )
+    lines = [
+        f"{verb} {rep['input']} -> {rep['output'] or '(not written)'}",
         f"  groups    {g['total']} total, {g['pruned']} pruned, {g['frozen']} frozen",
     ]
     for key in ("params", "macs", "bytes"):
         b, a = rep[key]["before"], rep[key]["after"]
-        lines.append(f"  {key:<9} {b:,} -> {a:,}  ({_pct(b, a)})")
+        if a is None:
+            continue
+        note = ", predicted" if rep.get("dry_run") else ""
+        lines.append(f"  {key:<9} {b:,} -> {a:,}  ({_pct(b, a)}{note})")
     shapes = rep.get("input_shapes") or {}
     if any(v["from"] != "static" for v in shapes.values()):
         at = ", ".join(
@@ -131,7 +161,30 @@ def format_summary(rep: dict) -> str:
             f"  accuracy  {acc['before']:.4f} -> {acc['after']:.4f}  "
             f"({acc['samples']} samples of {acc['data']})"
         )
+    if "stages" in rep:
+        for st in rep["stages"]:
+            q = st.get("quality") or {}
+            cos = f", cosine {q['mean_cosine']:.4f} to the pruned" if "mean_cosine" in q else ""
+            lines.append(f"  {st['name']:<9} {st['bytes']:,} bytes{cos}  ({st.get('note', '')})")
+    if "bench" in rep:
+        from .bench import BenchRow, BenchTable, format_bench
+
+        table = BenchTable(rows=[BenchRow(**r) for r in rep["bench"]["rows"]])
+        lines.append("  latency   ONNX Runtime, CPU, interleaved:")
+        lines += ["    " + line for line in format_bench(table).splitlines()]
+        target = rep["bench"].get("target_speedup")
+        if target:
+            b = rep["bench"]
+            lines.append(
+                f"            requested speedup {target:.2f}x, measured "
+                f"{b['reached_speedup']:.2f}x at {b['target_threads']} thread(s)"
+            )
     lines.append(f"  time      {rep['time_s']:.2f} s")
+    if g.get("pruned_detail"):
+        lines += ["", format_layers(g["pruned_detail"], None if detail >= 2 else 12)]
+    if detail >= 2:
+        lines += ["", "  passes:"]
+        lines += [f"    {k:<12} {v:.3f} s" for k, v in rep["timings_s"].items()]
     return "\n".join(lines)
 
 

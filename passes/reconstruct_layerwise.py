@@ -20,6 +20,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphprune.calibration import capture_joint
+from graphprune.progress import advance
 
 from .mask_units import masked_graph
 from .reconstruct import (
@@ -110,6 +111,7 @@ def layerwise_updates(
         out += wave_updates
         copy.toposort()
         log.info("layer by layer: wave %d/%d, %d consumers", k + 1, len(runs), len(wave))
+        advance("reconstruction", k + 1, len(runs))
     return out
 
 

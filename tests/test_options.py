@@ -33,6 +33,8 @@ CASES = {
     "--damping": ("0.001", "-1", ()),
     "--target-macs": ("0.5", "0", ()),
     "--target-params": ("0.6", "1.5", ()),
+    "--target-speedup": ("2", "0.5", ()),
+    "--target-latency": ("1.5", "-3", ()),
     "--global": (None, None, ()),
     "--round-to": ("8", "0", ()),
     "--min-keep": ("2", "1.5", ()),
@@ -43,9 +45,16 @@ CASES = {
     "--input-shape": ("input=1x1x8x8", "input=1x0x8", ()),
     "--plan": ("plan.json", "", ()),
     "--no-parity": (None, None, ()),
+    "--bench": (None, None, ()),
+    "--threads": ("1,2", "0", ()),
+    "--optimize": (None, None, ()),
+    "--quantize": ("dynamic", "int3", ()),
+    "--emit": ("ort", "tflite", ()),
 }
 #: flags of ``prune`` that are not options of the prune itself (paths of its outputs)
-OUTPUT_FLAGS = {"-h", "--help", "-o", "--output", "--json", "--save-plan"}
+OUTPUT_FLAGS = {"-h", "--help", "-o", "--output", "--json", "--save-plan", "--config", "--dry-run"}
+#: how much the summary prints, not what the prune does
+OUTPUT_FLAGS |= {"-q", "--quiet", "-v", "--verbose"}
 
 
 def _prune_flags() -> set[str]:
@@ -108,7 +117,9 @@ def test_api_rejects_what_the_cli_rejects(flag, tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags,message",
     [
-        (("--target-macs", "0.5", "--target-params", "0.5"), "not both"),
+        (("--target-macs", "0.5", "--target-params", "0.5"), "not several"),
+        (("--target-speedup", "2", "--target-macs", "0.5"), "not several"),
+        (("--quantize", "static"), "needs calibration"),
         (("--drop-layers", "1", "--drop-layers-list", "0"), "not both"),
         (("--reconstruct", "lsq"), "--reconstruct lsq needs calibration data"),
         (("--criterion", "flap"), "--criterion flap needs calibration data"),
