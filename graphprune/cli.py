@@ -3,8 +3,9 @@
 Exit codes: 0 ok; 1 internal error (a bug: please file it); 2 bad usage; 3 the input model
 cannot be used (unreadable, fails onnx.checker, or ONNX Runtime cannot load it); 4 bad plan;
 5 invalid rewrite; 6 parity failed; 7 bad calibration / evaluation data; 8 nothing pruned
-(an option matched nothing, or nothing would be removed). A failed run writes nothing (exit
-8 writes only the --json report, which says why).
+(an option matched nothing, or nothing would be removed); 9 the --min-quality floor is not
+met. A failed run writes nothing (exits 8 and 9 write only the --json report, which says
+why).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import sys
 from pathlib import Path
 
 from . import progress
-from .bench import bench_pruned, format_bench, measure, timing_feed
+from .bench import format_bench, measure, timing_feed
+from .build import check_quality, finish, ort_bytes
 from .config import load_config
-from .errors import GraphpruneError, NothingPruned, ParityError, UsageError
+from .errors import GraphpruneError, NothingPruned, ParityError, QualityError, UsageError
 from .evaluate import load_data
 from .graph import load_model
 from .options import GQA_MODES, OPTIONS, PruneOptions, epilog
@@ -249,6 +251,8 @@ def cmd_prune(args) -> int:
             _same_file(args.model, path) or (args.output and _same_file(args.output, path))
         ):
             raise UsageError(f"{flag} path is the input or the output model; give another")
+    if args.output and opts.emit == "ort" and _same_file(args.model, ort_path(args.output)):
+        raise UsageError("the .ort output would overwrite the input model; give another -o")
     if not Path(args.model).is_file():
         load_model(args.model)  # raises the one-line reason (missing, a directory)
     detail = 0 if args.quiet else 1 + min(args.verbose, 1)
@@ -267,21 +271,38 @@ def cmd_prune(args) -> int:
         raise ParityError(
             f"parity failed (max rel diff {result.parity.max_rel_diff:.3e}); nothing written"
         )
+    final, stages, extra = finish(args.model, result, opts)
     out = Outputs()
-    out.add_model(args.output, result.model)
+    out.add_model(args.output, result.model if final is None else final)
     result.after["bytes"] = out.size(args.output)
+    ort_data = ort_bytes(stages)
+    if ort_data is not None:
+        out.add(ort_path(args.output), lambda tmp: Path(tmp).write_bytes(ort_data))
     if args.save_plan:
         out.add_text(args.save_plan, result.plan.to_json())
     rep = build_report(result, input_path=args.model, output_path=args.output, options=opts)
-    if opts.bench:
-        progress.stage("timing")
-        rep["bench"] = bench_pruned(args.model, result, opts)
+    rep.update(extra)
+    if ort_data is not None:
+        rep["output_ort"] = ort_path(args.output)
+    try:
+        check_quality(rep, opts)
+    except QualityError:
+        out.discard()
+        if args.json:  # the build step's log says why; no model is written
+            _write_json(args.json, {**rep, "status": "below_quality_floor", "exit_code": 9})
+        raise
     if args.json:
         out.add_json(args.json, rep)
     out.commit()  # every output, or none
     _clear_stage()
     print(format_summary(rep, detail))
     return 0
+
+
+def ort_path(output: str) -> str:
+    """``OUT.onnx`` -> ``OUT.ort``, beside it."""
+    p = Path(output)
+    return str(p.with_suffix(".ort") if p.suffix == ".onnx" else p.with_name(p.name + ".ort"))
 
 
 def _dry_run(args, opts: PruneOptions, detail: int) -> int:

@@ -3,7 +3,8 @@
 Exit codes: 0 ok; 1 internal error (a bug); 2 bad usage or options; 3 the input model cannot
 be used (unreadable, fails onnx.checker, or ONNX Runtime cannot load it); 4 bad plan; 5 our
 rewrite is invalid (a bug, never written); 6 parity failed; 7 bad calibration / evaluation
-data; 8 nothing pruned (or an option matched nothing).
+data; 8 nothing pruned (or an option matched nothing); 9 the quality floor
+(``--min-quality``) is not met.
 """
 
 
@@ -59,6 +60,17 @@ class NothingPruned(GraphpruneError):
     def __init__(self, message: str, option: str = ""):
         super().__init__(message)
         self.option = option
+
+
+class QualityError(GraphpruneError):
+    """The pruned (or quantized...) model falls below the ``--min-quality`` floor on the
+    held-out data: no model is written, so a build step fails instead of shipping it."""
+
+    exit_code = 9
+
+    def __init__(self, message: str, measured: dict):
+        super().__init__(message)
+        self.measured = measured
 
 
 class PassFailed(GraphpruneError):

@@ -175,6 +175,13 @@ OPTIONS: tuple[Option, ...] = (
         "NPZ",
     ),
     Option(
+        "min_quality",
+        "--min-quality",
+        "fail (exit 9, no model written) when the shipped model's quality on --eval falls "
+        "below F: accuracy after/before with labels, else mean cosine to the original",
+        "F",
+    ),
+    Option(
         "input_shape",
         "--input-shape",
         "the size of an input with symbolic dims, NAME=1x3x320x320 (repeatable; a bare shape "
@@ -342,6 +349,7 @@ class PruneOptions:
     seed: int = 0
     calib: object = None  # path, dict of arrays or list of feed dicts
     eval: object = None  # path or dict of arrays (optional "labels")
+    min_quality: float | None = None  # needs eval
     #: input name (None: the only input) -> shape; CLI strings "NAME=1x3x8x8" are parsed
     input_shape: dict = field(default_factory=dict)
     plan: object = None  # a Plan or the path of a saved one: replayed, no planning
@@ -416,6 +424,10 @@ class PruneOptions:
         self.seed = _count("--seed", self.seed, 0)
         self.calib = _data("--calib", self.calib)
         self.eval = _data("--eval", self.eval)
+        if self.min_quality is not None:
+            self.min_quality = _fraction("--min-quality", self.min_quality)
+            if self.eval is None:
+                raise UsageError("--min-quality needs held-out data (--eval)")
         self.input_shape = parse_input_shapes("--input-shape", self.input_shape or None)
         if self.plan is not None and isinstance(self.plan, str | Path) and not str(self.plan):
             raise UsageError("--plan takes a path, got ''")

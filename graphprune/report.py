@@ -164,8 +164,14 @@ def format_summary(rep: dict, detail: int = 1) -> str:
     if "stages" in rep:
         for st in rep["stages"]:
             q = st.get("quality") or {}
-            cos = f", cosine {q['mean_cosine']:.4f} to the pruned" if "mean_cosine" in q else ""
-            lines.append(f"  {st['name']:<9} {st['bytes']:,} bytes{cos}  ({st.get('note', '')})")
+            parts = [f"{st['bytes']:,} bytes"]
+            if "mean_cosine" in q:
+                parts.append(f"cosine {q['mean_cosine']:.4f} to the pruned")
+            if "accuracy" in st:
+                parts.append(f"accuracy {st['accuracy']:.4f}")
+            if "latency_ms" in st:
+                parts.append(f"{st['latency_ms']:.3f} ms ({st['speedup']:.2f}x)")
+            lines.append(f"  {st['name']:<9} {', '.join(parts)}  [{st.get('note', '')}]")
     if "bench" in rep:
         from .bench import BenchRow, BenchTable, format_bench
 

@@ -251,3 +251,35 @@ def test_dry_run_needs_no_output_but_a_real_run_does(tmp_path, capsys):
     assert "-o/--output" in capsys.readouterr().err
     with pytest.raises(UsageError):
         PruneOptions(quantize="static")  # needs --calib
+
+
+# -- the quality floor ------------------------------------------------------------------------
+TEST = ROOT / "models" / "digits" / "digits_test.npz"
+
+
+def test_a_model_below_the_quality_floor_is_exit_9_and_not_written(tmp_path, capsys):
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    args = ["prune", str(DIGITS), "-o", str(out), "--ratio", "0.5", "--eval", str(TEST)]
+    assert main([*args, "--min-quality", "0.95", "--json", str(report)]) == 9
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "below --min-quality 0.95" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    rep = json.loads(report.read_text())
+    assert rep["status"] == "below_quality_floor" and rep["exit_code"] == 9
+    assert rep["quality"]["metric"] == "accuracy after/before"
+    assert rep["quality"]["value"] < 0.95 and rep["quality"]["floor"] == 0.95
+
+
+def test_a_model_above_the_floor_is_written_with_its_quality(tmp_path):
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    args = ["prune", str(DIGITS), "-o", str(out), "--ratio", "0.5", "--eval", str(TEST)]
+    refit = ["--criterion", "obs", "--reconstruct", "lsq-seq", "--calib", str(CALIB)]
+    assert main([*args, *refit, "--min-quality", "0.95", "--json", str(report)]) == 0
+    q = json.loads(report.read_text())["quality"]
+    assert q["value"] >= 0.95 and q["after"] == pytest.approx(q["value"] * q["before"])
+    assert out.is_file()
+
+
+def test_the_floor_needs_held_out_data(capsys):
+    assert main(["prune", str(DIGITS), "-o", "x.onnx", "--min-quality", "0.9"]) == 2
+    assert "needs held-out data (--eval)" in capsys.readouterr().err

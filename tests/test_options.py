@@ -42,6 +42,7 @@ CASES = {
     "--seed": ("3", "-1", ()),
     "--calib": (CALIB, "", ()),
     "--eval": (TEST, "", ()),
+    "--min-quality": ("0.9", "1.5", ("--eval", TEST)),
     "--input-shape": ("input=1x1x8x8", "input=1x0x8", ()),
     "--plan": ("plan.json", "", ()),
     "--no-parity": (None, None, ()),
@@ -71,7 +72,7 @@ def _api_kwargs(flag, value, extra) -> dict:
     opt = next(o for o in OPTIONS if o.flag == flag)
     kw = {}
     if extra:
-        kw["calib"] = extra[1]
+        kw[extra[0].lstrip("-")] = extra[1]
     if opt.action == "store_true":
         kw[opt.name] = True
     elif opt.action == "store_false":
