@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+import onnx
+
 from . import progress
 from .bench import format_bench, measure, timing_feed
 from .build import check_quality, finish, ort_bytes
@@ -328,12 +330,17 @@ def cmd_bench(args) -> int:
             raise UsageError(f"{flag} must be >= 0, got {n}")
     if not 0 <= args.min_time < 3600:
         raise UsageError(f"--min-time must be in [0, 3600), got {args.min_time:g}")
-    models = [load_model(m) for m in args.models]
+    if Path(args.models[0]).suffix == ".ort":
+        raise UsageError("the first model is the baseline and must be .onnx (its inputs are read)")
+    # an .ort file (ORT's own format) is timed as it is; its MACs are not counted
+    models = [m if Path(m).suffix == ".ort" and Path(m).is_file() else load_model(m)
+              for m in args.models]
     first = models[0]
     data = load_data(args.data, first)[0] if args.data else None
     shapes = PruneOptions(input_shape=args.input_shape).input_shape if args.input_shape else None
     feed = timing_feed(first, shapes, data)
-    macs = [macs_at(m, InputShapes(shapes={k: v.shape for k, v in feed.items()})) for m in models]
+    at = InputShapes(shapes={k: v.shape for k, v in feed.items()})
+    macs = [macs_at(m, at) if isinstance(m, onnx.ModelProto) else None for m in models]
     table = measure(
         models,
         feed,
