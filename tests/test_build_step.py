@@ -283,3 +283,50 @@ def test_a_model_above_the_floor_is_written_with_its_quality(tmp_path):
 def test_the_floor_needs_held_out_data(capsys):
     assert main(["prune", str(DIGITS), "-o", "x.onnx", "--min-quality", "0.9"]) == 2
     assert "needs held-out data (--eval)" in capsys.readouterr().err
+
+
+# -- runtime stages through the CLI, and the README's CI example --------------------------------
+def test_stages_go_to_the_output_and_beside_it(tmp_path):
+    out, report = tmp_path / "d.onnx", tmp_path / "r.json"
+    args = ["prune", str(DIGITS), "-o", str(out), "--ratio", "0.5", "--threads", "1"]
+    stages = ["--optimize", "--quantize", "dynamic", "--emit", "ort"]
+    assert main([*args, *stages, "--eval", str(TEST), "--json", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    assert [s["name"] for s in rep["stages"]] == ["optimized", "quantized", "ort"]
+    shipped = onnx.load(str(out))
+    assert {n.op_type for n in shipped.graph.node} & {"DynamicQuantizeLinear", "MatMulInteger",
+                                                       "ConvInteger", "QLinearMatMul"}
+    assert rep["bytes"]["after"] == out.stat().st_size
+    assert rep["output_ort"] == str(tmp_path / "d.ort")
+    sess = ort.InferenceSession(str(tmp_path / "d.ort"), providers=["CPUExecutionProvider"])
+    x = np.load(TEST)["input"][:8]
+    ref = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], ref[0], rtol=1e-5, atol=1e-5)
+    timed = {r["model"] for r in rep["bench"]["rows"]}
+    assert timed == {"original", "pruned", "optimized", "quantized"}
+    pruned_accuracy = rep["accuracy"]["after"]
+    for s in rep["stages"][:2]:  # int8 weights cost the pruned model little accuracy
+        assert s["latency_ms"] > 0 and abs(s["accuracy"] - pruned_accuracy) < 0.03
+    assert rep["quality"]["metric"] == "accuracy after/before"
+
+
+def test_the_readme_ci_example_runs_as_written(tmp_path, monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    toml = readme.split("with `prune.toml`:\n\n```toml\n", 1)[1].split("```", 1)[0]
+    command = readme.split("graphprune prune models/digits/digits_cnn.onnx -o dist/digits.onnx", 1)
+    flags = command[1].split("\n      - uses", 1)[0].replace("\\\n", " ").split()
+    (tmp_path / "prune.toml").write_text(toml)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    code = main(["prune", "models/digits/digits_cnn.onnx", "-o", "dist/digits.onnx", *flags])
+    assert code == 0
+    rep = json.loads((tmp_path / "dist" / "report.json").read_text())
+    assert rep["parity"]["mask_check"] == "exact" and rep["quality"]["value"] >= 0.98
+    assert (tmp_path / "dist" / "digits.ort").is_file()
+    # and the floor does fail the build when the model is not good enough
+    toml_l2 = toml.replace('criterion = "obs"', 'criterion = "l2"').replace(
+        'reconstruct = "lsq-seq"', 'reconstruct = "none"'
+    )
+    (tmp_path / "prune.toml").write_text(toml_l2)
+    code = main(["prune", "models/digits/digits_cnn.onnx", "-o", "dist/other.onnx", *flags])
+    assert code == 9 and not (tmp_path / "dist" / "other.onnx").exists()
