@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from . import progress
+from . import progress, sweep
 from .bench import format_bench, measure, timing_feed
 from .build import check_quality, finish, ort_bytes
 from .config import load_config
@@ -26,7 +26,7 @@ from .errors import GraphpruneError, NothingPruned, ParityError, QualityError, U
 from .evaluate import load_data
 from .graph import load_model
 from .options import GQA_MODES, OPTIONS, PruneOptions, epilog
-from .outputs import Outputs
+from .outputs import Outputs, same_file
 from .prune import analyze_model, prune_model
 from .report import build_report, format_analysis, format_summary, group_rows
 from .shapes import InputShapes, macs_at
@@ -112,6 +112,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--save-plan", metavar="PATH", help="write the plan as JSON")
     r.add_argument("--json", metavar="PATH", help="write the report as JSON")
 
+    sweep.add_parser(sub)
+
     b = sub.add_parser(
         "bench",
         help="time models in ONNX Runtime on this CPU, interleaved, against the first one",
@@ -135,16 +137,6 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _same_file(a: str, b: str) -> bool:
-    pa, pb = Path(a), Path(b)
-    if pb.exists():
-        try:
-            return os.path.samefile(pa, pb)
-        except OSError:
-            return False
-    return pa.resolve() == pb.resolve()
-
-
 def _write_json(path: str, data) -> None:
     out = Outputs()
     out.add_json(path, data)
@@ -160,7 +152,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_calib_from_text(args) -> int:
-    if _same_file(args.text, args.output):
+    if same_file(args.text, args.output):
         raise UsageError("output path is the input text; refusing to overwrite it")
     arrays = tokenize_file(args.text, args.tokenizer, args.max_length, args.pad_to_longest)
     out = Outputs()
@@ -246,14 +238,14 @@ def cmd_prune(args) -> int:
     opts = prune_options(args)
     if not args.output and not args.dry_run:
         raise UsageError("the following arguments are required: -o/--output (or --dry-run)")
-    if args.output and _same_file(args.model, args.output):
+    if args.output and same_file(args.model, args.output):
         raise UsageError("output path is the input model; refusing to overwrite it")
     for flag, path in (("--json", args.json), ("--save-plan", args.save_plan)):
         if path and (
-            _same_file(args.model, path) or (args.output and _same_file(args.output, path))
+            same_file(args.model, path) or (args.output and same_file(args.output, path))
         ):
             raise UsageError(f"{flag} path is the input or the output model; give another")
-    if args.output and opts.emit == "ort" and _same_file(args.model, ort_path(args.output)):
+    if args.output and opts.emit == "ort" and same_file(args.model, ort_path(args.output)):
         raise UsageError("the .ort output would overwrite the input model; give another -o")
     if not Path(args.model).is_file():
         load_model(args.model)  # raises the one-line reason (missing, a directory)
@@ -323,6 +315,14 @@ def _dry_run(args, opts: PruneOptions, detail: int) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    _show_progress()
+    try:
+        return sweep.command(args)
+    finally:
+        _clear_stage()
+
+
 def cmd_bench(args) -> int:
     threads = PruneOptions(threads=args.threads).threads if args.threads else ()
     for flag, n in (("--warmup", args.warmup), ("--min-runs", args.min_runs)):
@@ -380,6 +380,7 @@ def main(argv=None) -> int:
             "analyze": cmd_analyze,
             "prune": cmd_prune,
             "bench": cmd_bench,
+            "sweep": cmd_sweep,
             "calib-from-text": cmd_calib_from_text,
         }
         return commands[args.cmd](args)

@@ -103,3 +103,14 @@ class Outputs:
         self._staged.clear()
         self._extra.clear()
         self._dirs.clear()
+
+
+def same_file(a, b) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (``b`` need not exist yet)."""
+    pa, pb = Path(a), Path(b)
+    if pb.exists():
+        try:
+            return os.path.samefile(pa, pb)
+        except OSError:
+            return False
+    return pa.resolve() == pb.resolve()
