@@ -139,7 +139,7 @@ def main() -> None:
         out = WORK / "sweep_minilm"
         cmd = [
             sys.executable, "-m", "graphprune.cli", "sweep", str(minilm), "--out", str(out),
-            "--target-macs", "0.8,0.65,0.5,0.35", "--criterion", "l2,wanda,obs",
+            "--target-macs", "0.8,0.65,0.5,0.35", "--criterion", "l2,obs",
             "--reconstruct", "none,lsq", "--global", "--calib", str(calib), "--eval", str(held),
             "--no-parity", "--jobs", str(args.jobs), "--pick", "quality>=0.95",
         ]

@@ -178,6 +178,7 @@ def build_grid(args) -> Grid:
             raise UsageError(f"sweep does not take {_flag(name)}: {why}")
     fixed: dict = {}
     axes: dict = {}
+    data = {k: getattr(args, k) for k in ("calib", "eval") if hasattr(args, k)}
     for opt in OPTIONS:
         if opt.name in REFUSED or opt.name == "threads" or not hasattr(args, opt.name):
             continue
@@ -188,7 +189,8 @@ def build_grid(args) -> Grid:
                 raise UsageError(f"{opt.flag}: empty value in {given!r}")
             values = []
             for x in parts:
-                o = PruneOptions(**{opt.name: x})  # the option's own message when bad
+                # the option's own message when bad (with the data, which some values need)
+                o = PruneOptions(**{**data, opt.name: x})
                 v = _canonical(opt.name, x, o)
                 if v in values:
                     raise UsageError(f"{opt.flag} gives {x!r} twice")

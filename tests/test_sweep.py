@@ -313,3 +313,13 @@ def test_out_that_is_a_file_or_another_models_sweep_is_refused(base, tmp_path):
     (stray / "notes.txt").write_text("mine")
     code, _, stderr = run(stray, "--ratio", "0.1")
     assert code == 2 and "not a sweep directory" in stderr
+
+
+def test_a_reconstruction_axis_takes_the_calibration_data(tmp_path):
+    """Each axis value is checked with the data given: lsq needs --calib, and has it."""
+    out = tmp_path / "sw"
+    code, _, err = run(out, "--ratio", "0.25", "--reconstruct", "none,lsq", *DATA)
+    assert code == 0, err
+    rows = [r for r in results(out)["rows"] if r["id"] != "original"]
+    assert sorted(r["options"]["reconstruct"] for r in rows) == ["lsq", "none"]
+    assert all(r["status"] == "ok" for r in rows)
