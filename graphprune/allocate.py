@@ -11,7 +11,10 @@ the chosen one becomes a ``Plan``. The strategies:
   where the group-normalised scores are lowest;
 - a budget (``--target-macs`` / ``--target-params``): bisection on a scale of the uniform
   ratios, or on one threshold over every unit's group-normalised score (``--global``), then
-  unit-by-unit refinement where the bisection is too coarse, to within 2%.
+  unit-by-unit refinement where the bisection is too coarse, to within 2%;
+- a latency budget (``--target-speedup`` / ``--target-latency``): the same search, each
+  candidate priced by the latency model measured in ONNX Runtime (``graphprune.latency``),
+  to within 2% of the predicted latency.
 
 The ``--hidden`` width and dropped blocks (depth) are fixed parts of every candidate.
 """
@@ -49,8 +52,12 @@ class Allocator:
         scores: dict[int, np.ndarray],
         options,
         drop: list[Group] | None = None,
+        latency=None,
     ):
         self.analysis = analysis
+        #: a ``graphprune.latency.BoundLatency`` (what "latency" budgets are priced by), or
+        #: a callable that makes one from this allocator, called when first priced
+        self.latency = latency
         self.opts = options
         self.order = {gid: np.argsort(s, kind="stable") for gid, s in scores.items()}
         self.normalised = {gid: s / s.mean() if s.mean() > 0 else s for gid, s in scores.items()}
@@ -121,10 +128,14 @@ class Allocator:
 
     def for_budget(self, what: str, target: float) -> Counts:
         """Bisect a scale until the candidate keeps ``target`` of the ``what`` ("macs",
-        "params") within 2%: uniformly the scale multiplies ``ratio`` and every
-        per-kind ratio (so their proportions hold); with ``--global`` it is one threshold
-        over every unit's group-normalised score."""
+        "params", "latency": the predicted latency) within 2%: uniformly the scale
+        multiplies ``ratio`` and every per-kind ratio (so their proportions hold); with
+        ``--global`` it is one threshold over every unit's group-normalised score.
+        "latency_ms" is a latency in milliseconds, a fraction of the predicted full one."""
         o = self.opts
+        asked = (what, target)
+        if what == "latency_ms":
+            what, target = "latency", target / self.price({}, "latency")
         full = self.price({}, what)
         if full <= 0:
             raise PlanError(f"the model has no {what} that pruning can reduce")
@@ -136,6 +147,8 @@ class Allocator:
             scaled = {k: min(v * x, 0.999) for k, v in o.ratios.items()}
             return self.uniform(min(o.base_ratio * x, 0.999), scaled)
 
+        if what == "latency" and target >= 1:  # met as it is (outcome says so: exit 8)
+            return make(0.0)
         lo, hi = 0.0, (10.0 if o.global_rank else 1.0 / top)
         best = make(lo)
         best_err = abs(self.price(best, what) / full - target)
@@ -158,11 +171,25 @@ class Allocator:
             best_err = abs(self.price(best, what) / full - target)
         if best_err > TOLERANCE * target:
             reached = self.price(best, what) / full
-            raise PlanError(
-                f"{what} target {target}: the closest plan keeps {reached:.3f} "
-                "(frozen groups, --min-keep or --round-to limit it)"
-            )
+            raise PlanError(self._unreached(asked, reached, full))
         return best
+
+    def _unreached(self, asked: tuple[str, float], reached: float, full: float) -> str:
+        what, target = asked
+        limits = "frozen groups, --min-keep or --round-to limit it"
+        if what == "latency":
+            return (
+                f"--target-speedup {1 / target:.3g}: the closest plan is predicted "
+                f"{1 / reached:.2f}x faster ({reached * full:.3g} of {full:.3g} ms in ONNX "
+                f"Runtime here; {limits}, and the time no pruning removes)"
+            )
+        if what == "latency_ms":
+            return (
+                f"--target-latency {target:g}: the closest plan is predicted to run in "
+                f"{reached * full:.3g} ms (from {full:.3g} ms; {limits}, and the time no "
+                "pruning removes)"
+            )
+        return f"{what} target {target}: the closest plan keeps {reached:.3f} ({limits})"
 
     def refine(self, start: Counts, what: str, goal: float, floor: float) -> Counts:
         """From a candidate above ``goal``, remove one unit at a time: the lowest-scored
@@ -197,18 +224,50 @@ class Allocator:
                 out[gid] = np.sort(units)
         return out
 
-    def price(self, counts: Counts, what: str) -> float:
+    def cost_model(self) -> CostModel:
         if self._cost is None:
             self._cost = CostModel(self.analysis)
+        return self._cost
+
+    def latency_model(self):
+        if callable(self.latency):
+            self.latency = self.latency(self)
+        if self.latency is None:
+            raise PlanError("a latency target needs a latency model (graphprune.latency)")
+        return self.latency
+
+    def price(self, counts: Counts, what: str) -> float:
+        """``what`` the candidate keeps: MACs, params, or predicted milliseconds ("latency",
+        "latency_ms", from the latency model)."""
         groups = self.analysis.groups
         labels = [groups[gid].unit_labels[u] for gid, u in self.removed(counts).items()]
-        return self._cost.cost(np.concatenate(labels) if labels else np.zeros(0, int), what)
+        flat = np.concatenate(labels) if labels else np.zeros(0, int)
+        if what in ("latency", "latency_ms"):
+            return self.latency_model().predict_labels(flat)
+        return self.cost_model().cost(flat, what)
+
+    def latency_record(self, counts: Counts) -> dict:
+        """What the latency model predicts for ``counts`` (the plan's budget record)."""
+        model = self.latency_model()
+        base, predicted = self.price({}, "latency"), self.price(counts, "latency")
+        out = {
+            "base_ms": round(base, 4),
+            "predicted_ms": round(predicted, 4),
+            "predicted_speedup": round(base / predicted, 4),
+            "threads": int(model.threads),
+        }
+        what, amount = self.opts.budget
+        if what == "latency_ms":
+            out["keep"], out["target_ms"] = round(amount / base, 6), amount
+        return out
 
     def to_plan(self, counts: Counts) -> Plan:
         o = self.opts
         plan = Plan(criterion=o.criterion, ratio=o.base_ratio, ratios=dict(o.ratios), gqa=o.gqa)
         if o.budget is not None:
             plan.budget = {"what": o.budget[0], "keep": o.budget[1]}
+            if o.budget[0] in ("latency", "latency_ms"):
+                plan.budget.update(self.latency_record(counts))
         removed = self.removed(counts)
         for g in self.analysis.groups:
             if g.id not in removed:

@@ -50,13 +50,18 @@ class CostModel:
         self.sizes = np.array([d.size for d in space.dims], dtype=np.float64)
         self.bases = np.array([d.base for d in space.dims], dtype=np.int64)
         self.macs_terms: list[tuple[float, list[int]]] = []
+        #: the MAC terms of each node, by the name of its first output (graphprune.latency)
+        self.node_terms: dict[str, list[tuple[float, list[int]]]] = {}
         for node in analysis.graph.nodes:
             rule = rule_for(node)
             if rule is None:
                 continue
             for term in rule.macs(NodeView.from_gs(node)):
                 dims = [_dim_id(space, node, ref) for ref in term.scales_with]
-                self.macs_terms.append((float(term.macs), [d for d in dims if d is not None]))
+                entry = (float(term.macs), [d for d in dims if d is not None])
+                self.macs_terms.append(entry)
+                if node.outputs:
+                    self.node_terms.setdefault(node.outputs[0].name, []).append(entry)
         by_tensor: dict[str, tuple[float, list[int]]] = {}
         for d in space.dims:
             t = d.node.inputs[d.slot] if d.kind == "const" else None

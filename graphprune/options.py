@@ -148,7 +148,8 @@ OPTIONS: tuple[Option, ...] = (
         "round_to",
         "--round-to",
         "keep a multiple of N units per group; auto: the multiple ONNX Runtime's kernels run "
-        "fastest on this machine (measured)",
+        "fastest on this machine (measured; the default with --target-speedup/-latency, "
+        "else 1)",
         "N|auto",
     ),
     Option("min_keep", "--min-keep", "keep at least N units per group", "N"),
@@ -343,7 +344,8 @@ class PruneOptions:
     target_speedup: float | None = None  # > 1
     target_latency: float | None = None  # ms, 1 thread
     global_rank: bool = False
-    round_to: int | str = 1  # "auto": measured (graphprune.latency)
+    #: "auto": measured (graphprune.latency); None: auto with a latency target, else 1
+    round_to: int | str | None = None
     min_keep: int = 1
     exclude: tuple[str, ...] = ()
     seed: int = 0
@@ -415,6 +417,9 @@ class PruneOptions:
         if len(targets) > 1:
             raise UsageError(f"give one of {', '.join(targets)}, not several")
         self.global_rank = _bool("--global", self.global_rank)
+        if self.round_to is None:  # latency targets round to what the kernels run fastest
+            latency = self.target_speedup is not None or self.target_latency is not None
+            self.round_to = "auto" if latency else 1
         if isinstance(self.round_to, str) and self.round_to.strip().lower() == "auto":
             self.round_to = "auto"
         else:

@@ -117,7 +117,11 @@ def _why_nothing(analysis: Analysis, opts: PruneOptions, model: onnx.ModelProto)
         return "the plan removes no unit"
     if opts.budget is not None:
         what, frac = opts.budget
-        return f"--target-{what} {frac:g} is met without removing a unit"
+        if what == "latency":
+            flag, frac = "--target-speedup", 1 / frac
+        else:
+            flag = "--target-latency" if what == "latency_ms" else f"--target-{what}"
+        return f"{flag} {frac:g} is met without removing a unit"
     if opts.base_ratio == 0 and not opts.ratios and not opts.drop_layers and not opts.drop_list:
         return "no ratio, target or depth option asks for a removal (--ratio is 0)"
     return f"--ratio {_rounds_to_zero(analysis, None, opts.base_ratio)}"

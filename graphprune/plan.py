@@ -34,7 +34,10 @@ class Plan:
     ratios: dict[str, float] = field(default_factory=dict)  # per group kind, over ``ratio``
     gqa: str = "kv"  # the analysis' GQA unit, so a replay finds the same groups
     #: the budget the plan was made for, {"what": "macs"|"params", "keep": F} (then ``ratio``
-    #: and ``ratios`` are the asked ones before scaling; the groups are what it came to)
+    #: and ``ratios`` are the asked ones before scaling; the groups are what it came to);
+    #: a latency budget ("latency" | "latency_ms") adds what the latency model predicted:
+    #: base_ms, predicted_ms, predicted_speedup, threads (and target_ms); ``--round-to
+    #: auto`` adds "round_to", the multiple it resolved to
     budget: dict = field(default_factory=dict)
     #: input sizes MACs and parity were taken at (a replay without --input-shape reuses them)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)

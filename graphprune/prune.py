@@ -145,7 +145,7 @@ def prune_model(
         t["calibrate"] = time.perf_counter()
         stage("planning")
         if given_plan is None:
-            given_plan = _new_plan(model, analysis, opts, acts, feeds)
+            given_plan = _new_plan(model, analysis, opts, acts, feeds, shapes)
         check_plan_removes(given_plan, analysis, opts, model)
         given_plan.gqa = gqa
         given_plan.input_shapes = {n: list(s) for n, s in shapes.shapes.items()}
@@ -260,7 +260,7 @@ def _calibrate(model, analysis: Analysis, opts: PruneOptions, feeds: list) -> Ac
     return capture(model, feeds, targets, gram="gram" in needs)
 
 
-def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts, feeds) -> Plan:
+def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts, feeds, shapes=None) -> Plan:
     knockout = None
     if "outputs" in CRITERIA[opts.criterion].needs and feeds:
         knockout = (feeds, model_outputs(model, feeds))
@@ -268,7 +268,40 @@ def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts, feeds) -> Pla
         analysis, opts.criterion, opts.seed, acts, knockout, opts.damping, opts.hidden > 0
     )
     drop = select_blocks(analysis, opts, model, feeds)
-    return Allocator(analysis, scores, opts, [b.group for b in drop]).plan()
+    opts, latency, auto = _latency_setup(model, analysis, opts, feeds, shapes)
+    plan = Allocator(analysis, scores, opts, [b.group for b in drop], latency).plan()
+    if auto:  # --round-to auto: the multiple it resolved to
+        plan.budget["round_to"] = opts.round_to
+    return plan
+
+
+def _latency_setup(model, analysis: Analysis, opts: PruneOptions, feeds, shapes):
+    """``--round-to auto`` resolved (measured, cached: ``graphprune.latency``) into the
+    options the allocator reads, and for a latency target the latency model, made when the
+    allocator first prices a candidate. Returns (options, latency, whether round-to was
+    auto)."""
+    budget = opts.budget
+    wants_latency = budget is not None and budget[0] in ("latency", "latency_ms")
+    if opts.round_to != "auto" and not wants_latency:
+        return opts, None, False
+    from dataclasses import replace
+
+    from . import latency as lat
+
+    if shapes is None:  # the sizes prune resolved (asked again only when not handed over)
+        shapes = input_shapes(model, opts, None, feeds, None)
+    sizes = dict(shapes.shapes)
+    threads = opts.threads[0] if opts.threads else 1
+    auto = opts.round_to == "auto"
+    if auto:
+        opts = replace(opts, round_to=lat.resolve_round_to(model, sizes, threads))
+    if not wants_latency:
+        return opts, None, auto
+
+    def make(allocator):
+        return lat.latency_model(model, analysis, allocator, sizes, threads, opset_of(model))
+
+    return opts, make, auto
 
 
 def _evaluate(original, pruned, data, source) -> dict:

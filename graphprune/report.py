@@ -58,6 +58,8 @@ def build_report(
         "macs": {"before": result.before["macs"], "after": result.after["macs"]},
         "bytes": {"before": result.before["bytes"], "after": result.after["bytes"]},
         "input_shapes": result.shapes.to_dict() if result.shapes is not None else {},
+        # a target's record: what was asked, predicted (latency) and resolved (round_to)
+        "budget": dict(result.plan.budget or {}),
         "parity": result.parity.to_dict(),
         "groups": {
             "total": len(a.groups),

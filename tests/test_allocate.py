@@ -44,5 +44,5 @@ def test_unreachable_target_and_bad_values_are_clear():
         prune_model(model, PruneOptions(target_macs=0.001, min_keep=8))
     with pytest.raises(UsageError, match="must be in"):
         prune_model(model, PruneOptions(target_params=1.5))
-    with pytest.raises(UsageError, match="not both"):
+    with pytest.raises(UsageError, match="not several"):
         prune_model(model, PruneOptions(target_params=0.5, target_macs=0.5))
