@@ -330,3 +330,29 @@ def test_the_readme_ci_example_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "prune.toml").write_text(toml_l2)
     code = main(["prune", "models/digits/digits_cnn.onnx", "-o", "dist/other.onnx", *flags])
     assert code == 9 and not (tmp_path / "dist" / "other.onnx").exists()
+
+
+def test_a_speedup_target_is_reported_against_the_measured_speedup(tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHPRUNE_CACHE", str(tmp_path / "cache"))
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    args = ["prune", str(DIGITS), "-o", str(out), "--target-speedup", "1.5", "--bench"]
+    assert main([*args, "--threads", "1", "--json", str(report)]) == 0
+    rep = json.loads(report.read_text())
+    budget, bench = rep["budget"], rep["bench"]
+    assert budget["what"] == "latency" and isinstance(budget["round_to"], int)
+    assert bench["target_speedup"] == 1.5 and bench["target_threads"] == 1
+    assert bench["predicted_speedup"] == budget["predicted_speedup"]
+    pruned = next(r for r in bench["rows"] if r["model"] == "pruned")
+    assert bench["reached_speedup"] == pruned["speedup"]
+    assert list((tmp_path / "cache" / "latency").glob("*.json"))  # measured once, cached
+
+
+def test_bench_times_an_ort_file_beside_its_onnx(tmp_path, capsys):
+    out = tmp_path / "d.onnx"
+    assert main(["prune", str(DIGITS), "-o", str(out), "--emit", "ort", "-q"]) == 0
+    report = tmp_path / "b.json"
+    args = ["bench", str(DIGITS), str(out), str(tmp_path / "d.ort"), "--threads", "1"]
+    assert main([*args, "--min-time", "0.1", "--json", str(report)]) == 0
+    rows = json.loads(report.read_text())["rows"]
+    assert [r["model"] for r in rows][2].endswith("d.ort") and rows[2]["macs"] is None
+    assert main(["bench", str(tmp_path / "d.ort")]) == 2  # the baseline must be .onnx
