@@ -16,11 +16,12 @@ import pytest
 
 import graphprune.progress
 import graphprune.prune
-from graphprune import sweep
 from graphprune.cli import main
 from graphprune.config import load_config
 from graphprune.errors import NothingPruned, PlanError
 from graphprune.options import PruneOptions
+from graphprune.sweep.pick import pick
+from graphprune.sweep.state import STATE
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "models" / "digits" / "digits_cnn.onnx"
@@ -56,8 +57,8 @@ def base(tmp_path_factory):
 def _copy(base_dir, tmp_path) -> Path:
     dst = tmp_path / "copy"
     shutil.copytree(base_dir, dst)
-    state = (dst / sweep.STATE).read_text().replace(str(base_dir), str(dst))
-    (dst / sweep.STATE).write_text(state)  # the rows name their models by path
+    state = (dst / STATE).read_text().replace(str(base_dir), str(dst))
+    (dst / STATE).write_text(state)  # the rows name their models by path
     return dst
 
 
@@ -140,8 +141,8 @@ def test_rerun_reuses_every_row(base, tmp_path, monkeypatch):
 
 def test_half_finished_state_resumes_only_the_missing(base, tmp_path, monkeypatch):
     out = _copy(base[0], tmp_path)
-    lines = (out / sweep.STATE).read_text().splitlines()
-    (out / sweep.STATE).write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # torn line
+    lines = (out / STATE).read_text().splitlines()
+    (out / STATE).write_text("\n".join(lines[:2]) + "\n" + lines[2][:40])  # torn line
     calls = []
     real = graphprune.prune.prune_model
 
@@ -156,7 +157,7 @@ def test_half_finished_state_resumes_only_the_missing(base, tmp_path, monkeypatc
     assert len(calls) == 2
     rows = results(out)["rows"]
     assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
-    assert len([ln for ln in (out / sweep.STATE).read_text().splitlines() if ln]) == 5
+    assert len([ln for ln in (out / STATE).read_text().splitlines() if ln]) == 5
 
 
 def test_jobs_2_gives_the_same_rows(base, tmp_path, monkeypatch):
@@ -217,16 +218,16 @@ def test_pick_rules():
         _row("mid_good", 0.5, 0.95, 0.6),
         {"id": "broken", "status": "failed", "exit_code": 4},
     ]
-    assert sweep.pick(rows, "quality>=0.9")["id"] == "mid_good"  # the fastest meeting it
-    assert sweep.pick(rows, "quality >= 0.98")["id"] == "slow_good"
-    assert sweep.pick(rows, "latency<=0.6")["id"] == "mid_good"  # the best quality
-    assert sweep.pick(rows, "speedup>=1.5")["id"] == "mid_good"
-    assert sweep.pick(rows, "macs<=0.3")["id"] == "fast_bad"
+    assert pick(rows, "quality>=0.9")["id"] == "mid_good"  # the fastest meeting it
+    assert pick(rows, "quality >= 0.98")["id"] == "slow_good"
+    assert pick(rows, "latency<=0.6")["id"] == "mid_good"  # the best quality
+    assert pick(rows, "speedup>=1.5")["id"] == "mid_good"
+    assert pick(rows, "macs<=0.3")["id"] == "fast_bad"
     with pytest.raises(NothingPruned, match="best quality reached is 0.99 [(]slow_good") as e:
-        sweep.pick(rows, "quality>=0.995")
+        pick(rows, "quality>=0.995")
     assert e.value.option == "--pick" and e.value.exit_code == 8
     with pytest.raises(NothingPruned, match="best latency reached is 0.2 "):
-        sweep.pick(rows, "latency<=0.1")
+        pick(rows, "latency<=0.1")
 
 
 def test_impossible_pick_is_nothing_pruned(base, tmp_path):
