@@ -54,12 +54,17 @@ class BenchTable:
         return next(r for r in self.rows if r.model == model and r.threads == threads)
 
 
-def _session(model, threads: int) -> ort.InferenceSession:
+def timing_session(model, threads: int, profile_dir: str | None = None) -> ort.InferenceSession:
+    """The session every timing uses (bench, and the latency model's samples): all graph
+    optimisations, ``threads`` intra-op threads, sequential; profiled into ``profile_dir``."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3
+    if profile_dir is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = os.path.join(profile_dir, "gp")
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     try:
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
@@ -89,7 +94,7 @@ def measure(
     table = BenchTable(feed={k: list(np.shape(v)) for k, v in feed.items()})
     run_options = quiet_run()
     for n in threads or default_threads():
-        sessions = [_session(m, n) for m in models]
+        sessions = [timing_session(m, n) for m in models]
         feeds = []
         for s in sessions:
             wanted = {i.name for i in s.get_inputs()}
@@ -156,31 +161,22 @@ def timing_feed(
     """One feed to time ``model`` on: the first sample of ``data`` (input name -> samples)
     where it has the input, else random values at the ``--input-shape`` sizes, the
     declared ones, or probed sizes (as prune counts MACs)."""
+    from .evaluate import fixed_batch
     from .shapes import resolve
     from .validate import random_feed, run_error
 
-    sess = _session(model, 1)
+    sess = timing_session(model, 1)
     rng = np.random.default_rng(seed)
     sample = {}
     for k, v in (data or {}).items():
         v = np.asarray(v)
-        fixed = _fixed_batch(model, k)
-        sample[k] = v if v.ndim == 0 else v[: fixed or 1]
+        sample[k] = v if v.ndim == 0 else v[: fixed_batch(model) or 1]
 
     def error_at(shapes) -> str | None:
         return run_error(sess, random_feed(model, sess, shapes, rng, sample))
 
     shapes = resolve(model, given, sample or None, lambda s: error_at(s) is None, error_at)
     return random_feed(model, sess, dict(shapes.shapes), rng, sample)
-
-
-def _fixed_batch(model: onnx.ModelProto, name: str) -> int | None:
-    for vi in model.graph.input:
-        if vi.name == name:
-            dims = vi.type.tensor_type.shape.dim
-            if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-                return int(dims[0].dim_value)
-    return None
 
 
 def bench_pruned(original, result, opts, stages=()) -> dict:

@@ -12,7 +12,6 @@ import logging
 import onnx
 
 from .bench import bench_pruned
-from .calibration import calibration_feeds
 from .errors import QualityError
 from .evaluate import accuracy, load_data, model_batches, output_deviation, run_outputs
 from .graph import load_model
@@ -26,12 +25,6 @@ def wants_stages(opts: PruneOptions) -> bool:
     return opts.optimize or opts.quantize != "none" or opts.emit == "ort"
 
 
-def _check_feeds(model: onnx.ModelProto, opts: PruneOptions, calib: list[dict]) -> list[dict]:
-    """What each stage's outputs are compared on: the held-out data, else calibration."""
-    if opts.eval is not None:
-        arrays, _ = load_data(opts.eval, model)
-        return model_batches(model, arrays)[:4]
-    return calib[:4]
 
 
 def finish(original_path, result, opts: PruneOptions) -> tuple[onnx.ModelProto, list, dict]:
@@ -47,8 +40,9 @@ def finish(original_path, result, opts: PruneOptions) -> tuple[onnx.ModelProto, 
         from .emit import build_stages
 
         original = load_model(original_path)
-        calib = calibration_feeds(opts.calib, original) if opts.calib is not None else []
-        check = _check_feeds(original, opts, calib) or ([result.sample] if result.sample else [])
+        labelled = load_data(opts.eval, original) if opts.eval is not None else None
+        # each stage's outputs are compared on the held-out data, else on calibration
+        check = model_batches(original, labelled[0])[:4] if labelled else result.feeds[:4]
         stage("runtime stages")
         stages = build_stages(
             result.model,
@@ -56,11 +50,10 @@ def finish(original_path, result, opts: PruneOptions) -> tuple[onnx.ModelProto, 
             optimize=opts.optimize,
             quantize=opts.quantize,
             emit=opts.emit,
-            calib_feeds=calib,
+            calib_feeds=result.feeds,
             check_feeds=check,
         )
         rows = []
-        labelled = load_data(opts.eval, original) if opts.eval is not None else None
         for st in stages:
             row = st.to_dict()
             if labelled is not None and labelled[1] is not None and st.model is not None:

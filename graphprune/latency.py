@@ -57,6 +57,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .bench import timing_session
 from .progress import advance, stage
 
 log = logging.getLogger("graphprune")
@@ -141,18 +142,6 @@ def _save(path: Path, data: dict) -> None:
 
 
 # -- sessions and timing ------------------------------------------------------------------
-def _session(model: onnx.ModelProto, threads: int, profile_dir: str | None = None):
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    if profile_dir is not None:
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(profile_dir, "gp")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-
 def _feed(model: onnx.ModelProto, sess, shapes: dict, seed: int = 0) -> dict:
     from .validate import random_feed
 
@@ -177,8 +166,8 @@ def measure_samples(models: list[onnx.ModelProto], shapes: dict, threads: int):
     interleaved round by round. Returns ``[(wall_ms, {kernel: (op, ms)}), ...]``."""
     out = []
     with tempfile.TemporaryDirectory(prefix="graphprune-latency-") as tmp:
-        plain = [_session(m, threads) for m in models]
-        profiled = [_session(m, threads, tmp) for m in models]
+        plain = [timing_session(m, threads) for m in models]
+        profiled = [timing_session(m, threads, tmp) for m in models]
         feeds = [_feed(m, s, shapes) for m, s in zip(models, plain, strict=True)]
         for s, p, f in zip(plain, profiled, feeds, strict=True):
             for _ in range(2):
@@ -543,7 +532,7 @@ def measure_widths(op, attrs, x, w, widths: list[int], threads: int) -> list[flo
     sessions, feeds = [], []
     for v in widths:
         m, f = _probe_model(op, attrs, x, w, v)
-        sessions.append(_session(m, threads))
+        sessions.append(timing_session(m, threads))
         feeds.append(f)
     for s, f in zip(sessions, feeds, strict=True):
         s.run(None, f)

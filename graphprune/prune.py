@@ -62,7 +62,13 @@ class PruneResult:
     calibration_batches: int = 0
     shapes: InputShapes | None = None  # the input sizes MACs and parity used
     layers: list[dict] = field(default_factory=list)  # graphprune.layers.layer_rows
-    sample: dict | None = None  # the first calibration batch (what --bench times on)
+    #: the calibration batches (static quantization calibrates on them again)
+    feeds: list = field(default_factory=list)
+
+    @property
+    def sample(self) -> dict | None:
+        """The first calibration batch (what ``--bench`` times on)."""
+        return self.feeds[0] if self.feeds else None
 
 
 def opset_of(model: onnx.ModelProto) -> int:
@@ -164,7 +170,7 @@ def prune_model(
                 calibration_batches=len(feeds),
                 shapes=shapes,
                 layers=layers,
-                sample=feeds[0] if feeds else None,
+                feeds=feeds,
             )
         parity_feeds = opts.parity_feeds if opts.parity_feeds is not None else feeds[:4]
         ctx = PassContext(
@@ -201,7 +207,7 @@ def prune_model(
         len(feeds),
         shapes,
         layers,
-        feeds[0] if feeds else None,
+        feeds,
     )
 
 

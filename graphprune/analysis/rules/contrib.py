@@ -26,7 +26,7 @@ import numpy as np
 
 from ..context import Unsupported
 from .elementwise import link_all_axes, link_broadcast
-from .linear import _contraction_macs
+from .linear import _contraction_macs, link_matmul
 from .norm import APPROXIMATE
 from .registry import MacTerm, NodeView, OpRule, register
 
@@ -250,28 +250,10 @@ class FusedMatMul(OpRule):
     unit_kind = "neuron"
 
     def link(self, node, ctx):
-        a, b, y = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
-        if a is None or b is None or y is None:
-            raise Unsupported("rank unknown")
-        if len(a) < 2 or len(b) < 2 or len(y) < 2:
-            raise Unsupported("1-D FusedMatMul operand")
         if int(ctx.attr("transBatchA", 0)) or int(ctx.attr("transBatchB", 0)):
             raise Unsupported("batch-transposed operand")
-        ta, tb = int(ctx.attr("transA", 0)), int(ctx.attr("transB", 0))
-        ra, rb = len(a), len(b)
-        a_m, a_k = (ra - 1, ra - 2) if ta else (ra - 2, ra - 1)
-        b_k, b_n = (rb - 1, rb - 2) if tb else (rb - 2, rb - 1)
-        bk, ak = ctx.in_dim(1, b_k), ctx.in_dim(0, a_k)
-        ctx.identity(ak, bk)
-        ctx.contract(1, bk, ak)
-        ctx.identity(ctx.in_dim(0, a_m), ctx.out_dim(0, len(y) - 2))
-        ctx.identity(ctx.in_dim(1, b_n), ctx.out_dim(0, len(y) - 1))
-        for i, shape in ((0, a), (1, b)):  # leading batch axes broadcast
-            off = len(y) - len(shape)
-            for ax in range(len(shape) - 2):
-                if shape[ax] == 1 and y[ax + off] != 1:
-                    continue
-                ctx.identity(ctx.in_dim(i, ax), ctx.out_dim(0, ax + off))
+        ta, tb = bool(int(ctx.attr("transA", 0))), bool(int(ctx.attr("transB", 0)))
+        link_matmul(ctx, "FusedMatMul", ta, tb)
 
     def macs(self, node):
         a = node.in_shape(0)

@@ -41,29 +41,37 @@ class Gemm(OpRule):
         return _contraction_macs(node, 0 if int(node.attr("transA", 0)) else 1)
 
 
+def link_matmul(ctx, op: str, trans_a: bool = False, trans_b: bool = False) -> None:
+    """``op(A) @ op(B)`` with batch broadcasting, op swapping the last two axes of an
+    operand where ``trans_a`` / ``trans_b`` say (MatMul: neither; FusedMatMul: its attrs)."""
+    a, b, y = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
+    if a is None or b is None or y is None:
+        raise Unsupported("rank unknown")
+    if len(a) < 2 or len(b) < 2 or len(y) < 2:
+        raise Unsupported(f"1-D {op} operand")
+    ra, rb = len(a), len(b)
+    a_m, a_k = (ra - 1, ra - 2) if trans_a else (ra - 2, ra - 1)
+    b_k, b_n = (rb - 1, rb - 2) if trans_b else (rb - 2, rb - 1)
+    bk, ak = ctx.in_dim(1, b_k), ctx.in_dim(0, a_k)
+    ctx.identity(ak, bk)
+    ctx.contract(1, bk, ak)
+    ctx.identity(ctx.in_dim(0, a_m), ctx.out_dim(0, len(y) - 2))
+    ctx.identity(ctx.in_dim(1, b_n), ctx.out_dim(0, len(y) - 1))
+    for i, shape in ((0, a), (1, b)):  # leading batch axes broadcast
+        off = len(y) - len(shape)
+        for ax in range(len(shape) - 2):
+            if shape[ax] == 1 and y[ax + off] != 1:
+                continue
+            ctx.identity(ctx.in_dim(i, ax), ctx.out_dim(0, ax + off))
+
+
 @register
 class MatMul(OpRule):
     ops = ("MatMul",)
     unit_kind = "neuron"
 
     def link(self, node, ctx):
-        a, b, y = ctx.in_shape(0), ctx.in_shape(1), ctx.out_shape(0)
-        if a is None or b is None or y is None:
-            raise Unsupported("rank unknown")
-        if len(a) < 2 or len(b) < 2:
-            raise Unsupported("1-D MatMul operand")
-        bk, ak = ctx.in_dim(1, len(b) - 2), ctx.in_dim(0, len(a) - 1)
-        ctx.identity(ak, bk)
-        ctx.contract(1, bk, ak)
-        ctx.identity(ctx.in_dim(0, len(a) - 2), ctx.out_dim(0, len(y) - 2))
-        ctx.identity(ctx.in_dim(1, len(b) - 1), ctx.out_dim(0, len(y) - 1))
-        for i, shape in ((0, a), (1, b)):  # leading batch axes broadcast
-            off = len(y) - len(shape)
-            for ax in range(len(shape) - 2):
-                d = ctx.in_dim(i, ax)
-                if shape[ax] == 1 and y[ax + off] != 1:
-                    continue
-                ctx.identity(d, ctx.out_dim(0, ax + off))
+        link_matmul(ctx, "MatMul")
 
     def macs(self, node):
         a = node.in_shape(0)
