@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import weights
 from .errors import ModelLoadError, UsageError
 from .validate import one_line, quiet_run
 
@@ -65,7 +66,11 @@ def timing_session(model, threads: int, profile_dir: str | None = None) -> ort.I
     if profile_dir is not None:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(profile_dir, "gp")
-    data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    data = (  # weights on disk are read from their folder, packed as a deployment would
+        weights.session_source(model, so, prepack=True)
+        if isinstance(model, onnx.ModelProto)
+        else str(model)
+    )
     try:
         return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     except Exception as e:

@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import onnx
@@ -266,8 +267,11 @@ def cmd_prune(args) -> int:
             f"parity failed (max rel diff {result.parity.max_rel_diff:.3e}); nothing written"
         )
     final, stages, extra = finish(args.model, result, opts)
+    progress.stage("write")
+    started = time.perf_counter()
     out = Outputs()
     out.add_model(args.output, result.model if final is None else final)
+    result.timings["write"] = time.perf_counter() - started
     result.after["bytes"] = out.size(args.output)
     ort_data = ort_bytes(stages)
     if ort_data is not None:

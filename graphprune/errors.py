@@ -4,7 +4,8 @@ Exit codes: 0 ok; 1 internal error (a bug); 2 bad usage or options; 3 the input 
 be used (unreadable, fails onnx.checker, or ONNX Runtime cannot load it); 4 bad plan; 5 our
 rewrite is invalid (a bug, never written); 6 parity failed; 7 bad calibration / evaluation
 data; 8 nothing pruned (or an option matched nothing); 9 the quality floor
-(``--min-quality``) is not met.
+(``--min-quality``) is not met; 10 the resources are not there (the run would need more
+memory than the machine has, or the Ray cluster asked for cannot be reached).
 """
 
 
@@ -71,6 +72,13 @@ class QualityError(GraphpruneError):
     def __init__(self, message: str, measured: dict):
         super().__init__(message)
         self.measured = measured
+
+
+class ResourceError(GraphpruneError):
+    """The run cannot be done with what is there: its estimated peak memory exceeds what
+    the machine has (said before any work is done), or ``--ray auto`` finds no cluster."""
+
+    exit_code = 10
 
 
 class PassFailed(GraphpruneError):

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from . import weights
 from .errors import ModelLoadError, RewriteError
 
 log = logging.getLogger(__name__)
@@ -21,18 +22,20 @@ _TWO_GB = 2**31 - 1
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Read an ONNX file (external data is loaded from beside it)."""
+    """Read an ONNX file. Weights in external data stay on disk: they are memory-mapped
+    when read (``graphprune.weights``); small external tensors are read in."""
     p = Path(path)
     if p.is_dir():
         raise ModelLoadError(f"{p}: is a directory, not an ONNX file")
     if not p.is_file():
         raise ModelLoadError(f"{p}: no such file")
     try:
-        model = onnx.load(str(p))
+        model = onnx.load(str(p), load_external_data=False)
     except Exception as e:  # protobuf raises a zoo of types
         raise ModelLoadError(f"{p}: not a readable ONNX model ({type(e).__name__}: {e})") from e
     if not model.graph.node:
         raise ModelLoadError(f"{p}: the model has no nodes")
+    weights.open_external(model, p.parent)
     return model
 
 
@@ -61,7 +64,9 @@ def _skeleton(model: onnx.ModelProto, large_as_inputs: bool = False) -> onnx.Mod
     declared = {vi.name for vi in g.input}
     for init in g.initializer:
         small = int(np.prod(init.dims)) <= _SKELETON_KEEP
-        if small and (not large_as_inputs or _has_data(init)):
+        if weights.is_external(init) and not large_as_inputs:
+            sg.initializer.append(init)  # on disk: no data to serialise, and runnable
+        elif small and (not large_as_inputs or _has_data(init)):
             sg.initializer.append(init)
         elif large_as_inputs:
             if init.name not in declared:
@@ -246,6 +251,7 @@ def _symbolic_steps(engine_class, model: onnx.ModelProto) -> dict[str, onnx.Valu
 def import_graph(model: onnx.ModelProto, inferred: bool = False) -> gs.Graph:
     """Shape-infer (unless already done), import into graphsurgeon, fold Constant nodes."""
     graph = gs.import_onnx(model if inferred else infer_shapes(model))
+    weights.map_constants(graph)
     fold_constant_nodes(graph)
     return graph
 
@@ -297,6 +303,7 @@ def export_model(graph: gs.Graph, template: onnx.ModelProto | None = None) -> on
         if isinstance(t, gs.Variable) and id(t) not in io:
             t.shape = None
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    weights.prepare_export(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     if template is not None:
         model.ir_version = template.ir_version
@@ -323,7 +330,7 @@ def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
     if model.ByteSize() >= _TWO_GB:
         return
     try:
-        onnx.checker.check_model(model, full_check=True)
+        checker(model, full_check=True)
     except Exception as e:
         unknown = _UNKNOWN_OP.search(str(e))
         in_input = (
@@ -340,24 +347,27 @@ def check_model(model: onnx.ModelProto, original: onnx.ModelProto | None = None)
         )
 
 
+def checker(model: onnx.ModelProto, full_check: bool = False) -> None:
+    """``onnx.checker`` on ``model``. One whose weights are on disk is checked as a file
+    whose external tensors all name one empty file: the checker only asks that the file
+    be there and be a plain file with one link (the scratch's links to the input's data
+    have two), and in memory it would look for them in the working directory."""
+    if not weights.is_mapped(model):
+        onnx.checker.check_model(model, full_check=full_check)
+        return
+    with tempfile.TemporaryDirectory(prefix="graphprune-check-") as tmp:
+        (Path(tmp) / "weights.data").touch()
+        path = str(Path(tmp) / "model.onnx")
+        onnx.save_model(weights.relocated(model, "weights.data"), path)
+        onnx.checker.check_model(path, full_check=full_check)
+
+
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write ``model`` to ``path`` via a temp file + rename; return the bytes written."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        if model.ByteSize() >= _TWO_GB:
-            data_name = dest.name + ".data"
-            onnx.save_model(model, tmp, save_as_external_data=True, location=data_name)
-        else:
-            onnx.save_model(model, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is not what a user expects
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return dest.stat().st_size
+    """Write ``model`` to ``path`` (and its external data beside it) via temporary files
+    renamed into place; return the bytes of the ``.onnx`` file."""
+    from .outputs import Outputs
+
+    out = Outputs()
+    out.add_model(path, model)
+    out.commit()
+    return Path(path).stat().st_size

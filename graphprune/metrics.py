@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from .analysis.rules import NodeView
 from .analysis.rules.registry import OpRule, rule_for_op
 from .graph import all_graphs
+from .weights import external_bytes
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def _rank_unknown(view: NodeView) -> bool:
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    return model.ByteSize()
+    """Serialized bytes, with the weights held in external data."""
+    return model.ByteSize() + external_bytes(model)
 
 
 def summarize(model: onnx.ModelProto, with_bytes: bool = True) -> dict:

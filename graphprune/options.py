@@ -15,6 +15,7 @@ import textwrap
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from .cluster import MODES as RAY_MODES  # join a running Ray cluster, or start one here
 from .criteria import CRITERIA
 from .errors import UsageError
 from .passes.reconstructions import RECONSTRUCTIONS
@@ -226,6 +227,14 @@ OPTIONS: tuple[Option, ...] = (
         "also write ONNX Runtime's .ort format (for ORT Mobile / minimal builds) beside -o",
         choices=EMIT_FORMATS,
     ),
+    Option(
+        "ray",
+        "--ray",
+        "spread the work over Ray (pip install 'graphprune[ray]'): auto joins a running "
+        "cluster (`ray start --head`), local starts one on this machine; calibration batches "
+        "(and a sweep's configurations) run as Ray tasks",
+        choices=RAY_MODES,
+    ),
 )
 
 
@@ -362,6 +371,7 @@ class PruneOptions:
     optimize: bool = False
     quantize: str = "none"
     emit: str = "onnx"
+    ray: str | None = None  # "auto" | "local": Ray is joined / started where the run starts
 
     def __post_init__(self):
         if self.ratio is not None:
@@ -449,6 +459,8 @@ class PruneOptions:
         self.optimize = _bool("--optimize", self.optimize)
         self.quantize = _choice("--quantize", self.quantize or "none", QUANTIZE_MODES)
         self.emit = _choice("--emit", self.emit or "onnx", EMIT_FORMATS)
+        if self.ray is not None:
+            self.ray = _choice("--ray", self.ray, RAY_MODES)
         if self.calib is None:
             needs = self.needs_calibration()
             if needs:

@@ -137,9 +137,10 @@ class _Runner:
         so.log_severity_level = 4  # a failed try is expected, not an error to print
         so.intra_op_num_threads = 1
         so.inter_op_num_threads = 1
-        self.sess = ort.InferenceSession(
-            _runnable_copy(model).SerializeToString(), so, providers=["CPUExecutionProvider"]
-        )
+        from . import weights
+
+        src = weights.session_source(_runnable_copy(model), so)
+        self.sess = ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
         self.names = [o.name for o in self.sess.get_outputs()]
         self.inputs = inputs
         self.vis = {vi.name: vi for vi in inputs.inputs}

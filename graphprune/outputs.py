@@ -13,6 +13,7 @@ from pathlib import Path
 
 import onnx
 
+from . import weights
 from .errors import UsageError
 
 _TWO_GB = 2**31 - 1
@@ -57,6 +58,12 @@ class Outputs:
 
     def add_model(self, path, model: onnx.ModelProto) -> None:
         target = Path(path)
+        if weights.is_mapped(model):  # its weights stream into a staged .data beside it
+            data = target.with_name(target.name + ".data")
+            self.add(data, lambda tmp: None)
+            staged = self._staged[-1][1]
+            self.add(path, lambda tmp: weights.write_external(model, tmp, staged, data.name))
+            return
 
         def write(tmp: Path) -> None:
             if model.ByteSize() >= _TWO_GB:
@@ -75,11 +82,12 @@ class Outputs:
         self.add(path, lambda tmp: tmp.write_text(text))
 
     def size(self, path) -> int:
-        """Bytes staged for ``path`` (before commit)."""
-        for user, tmp, _ in self._staged:
-            if user == str(path):
-                return tmp.stat().st_size
-        raise KeyError(path)
+        """Bytes staged for ``path`` (before commit), with a model's staged ``.data``."""
+        sizes = {user: tmp.stat().st_size for user, tmp, _ in self._staged}
+        if str(path) not in sizes:
+            raise KeyError(path)
+        data = Path(path).with_name(Path(path).name + ".data")
+        return sizes[str(path)] + sizes.get(str(data), 0)
 
     def commit(self) -> None:
         for user, tmp, target in self._staged:

@@ -25,16 +25,22 @@ from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import ComputeRemoval
 from graphprune.passes.slice_constants import SliceConstants
 
+from . import weights
 from .allocate import Allocator
 from .analysis.groups import Analysis, analyze
-from .calibration import Activations, calibration_feeds, capture
+from .calibration import (
+    Activations,
+    calibration_feeds,
+    check_memory,
+    criterion_statistics,
+    memory_estimate,
+)
 from .cost import CostModel
 from .criteria import CRITERIA, score_groups
 from .depth import select_blocks
 from .errors import PlanError, UsageError
 from .evaluate import accuracy, load_data, output_deviation, run_outputs
 from .graph import import_graph, infer_shapes, load_model, static_inputs
-from .importance import calibration_targets
 from .knockout import model_outputs
 from .layers import layer_rows
 from .metrics import summarize
@@ -116,12 +122,17 @@ def prune_model(
     opts = options or PruneOptions()
     if plan is not None:
         opts = PruneOptions(**{**vars(opts), "plan": plan})
+    from . import cluster  # --ray: join or start Ray (calibration is sharded); else off
+
+    cluster.use(opts.ray)
     t = {"start": time.perf_counter()}
     stage("load")
     file_bytes = None
     if not isinstance(model, onnx.ModelProto):
         file_bytes = Path(model).stat().st_size if Path(model).is_file() else None
         model = load_model(model)
+        if file_bytes is not None:  # and the weights beside it
+            file_bytes += weights.external_bytes(model)
     given_plan = opts.plan
     if isinstance(given_plan, str | Path):
         given_plan = Plan.load(given_plan)
@@ -253,17 +264,12 @@ def input_shapes(model, opts: PruneOptions, plan: Plan | None, feeds, eval_data)
 
 
 def _calibrate(model, analysis: Analysis, opts: PruneOptions, feeds: list) -> Activations | None:
-    """Calibration statistics, captured once, for exactly what the criterion (when a plan
-    is being made) and the reconstruction read."""
-    needs = set(RECONSTRUCTIONS[opts.reconstruct].needs)
-    criterion = CRITERIA[opts.criterion]
-    if opts.scoring and criterion.wants_data(bool(feeds)):
-        needs |= criterion.needs
-    needs.discard("outputs")  # knockout runs the model itself
-    if not needs or not feeds:
-        return None
-    targets = calibration_targets(analysis, width=opts.hidden > 0)
-    return capture(model, feeds, targets, gram="gram" in needs)
+    """The memory all of calibration will need checked first (``ResourceError``, exit 10,
+    before any ORT pass), then the statistics the criterion (when a plan is being made) and
+    a bias refit read; lsq's Gram rows are captured after the plan, streamed
+    (``passes.reconstruct.lsq_updates``)."""
+    check_memory(memory_estimate(model, analysis, opts, feeds))
+    return criterion_statistics(model, analysis, opts, feeds)
 
 
 def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts, feeds, shapes=None) -> Plan:

@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from . import weights
 from .errors import CalibrationError, ModelLoadError, RewriteError
+from .graph import checker
 
 log = logging.getLogger(__name__)
 ort.set_default_logger_severity(3)  # ORT's own stderr lines would break the one-line rule
@@ -56,7 +58,8 @@ def session(
     opts.log_severity_level = 3
     if threads:
         opts.intra_op_num_threads = threads
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else model
+    # weights on disk are read mapped, not copied
+    src = weights.session_source(model, opts) if isinstance(model, onnx.ModelProto) else model
     try:
         return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
     except Exception as e:
@@ -73,7 +76,7 @@ def check_input(model: onnx.ModelProto, load: bool = True) -> ort.InferenceSessi
     checker_error = None
     if model.ByteSize() < 2**31 - 1:
         try:
-            onnx.checker.check_model(model)
+            checker(model)
         except Exception as e:  # the checker raises ValidationError and friends
             checker_error = one_line(e)[:300]
     if not load and checker_error is None:

@@ -1,6 +1,10 @@
 """Build the parity reference: a copy of the original where every removed unit is masked at
 its contraction points (weight slices zeroed; a Mul by a 0/1 mask where the contracted
-operand is an activation). Removing a unit is the same function as this."""
+operand is an activation). Removing a unit is the same function as this.
+
+A weight held on disk (``graphprune.weights``) is not copied to be zeroed: the activation
+it is contracted with is masked instead (the same positions of the same sum), so the
+reference shares the original's weights and parity costs no second copy of them."""
 
 from __future__ import annotations
 
@@ -8,13 +12,24 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from graphprune import weights
+
 from .base import Pass, PassContext, PassResult
 from .removal import Removal
 
 
 def masked_reference(removal: Removal) -> onnx.ModelProto:
     copy, _ = masked_graph(removal)
+    weights.prepare_export(copy, own=False)  # it reads the original weights where they are
     return gs.export_onnx(copy, do_type_check=False)
+
+
+def _operand(node: gs.Node, act) -> int | None:
+    """The input slot of ``node`` that carries the activation ``act`` is contracted on."""
+    for i, t in enumerate(node.inputs):
+        if isinstance(t, gs.Variable) and t.name == act.tensor:
+            return i
+    return None
 
 
 def masked_graph(removal: Removal) -> tuple[gs.Graph, dict[int, gs.Node]]:
@@ -22,12 +37,17 @@ def masked_graph(removal: Removal) -> tuple[gs.Graph, dict[int, gs.Node]]:
     graph = removal.analysis.graph
     copy = graph.copy()
     node_map = {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
-    for k, (node, slot, axis, d, _act) in enumerate(removal.analysis.contractions):
+    on_disk = weights.on_disk(graph)
+    for k, (node, slot, axis, d, act) in enumerate(removal.analysis.contractions):
         idx = removal.of_dim(d)
         if len(idx) == 0:
             continue
         target = node_map[id(node)]
         src = target.inputs[slot]
+        if isinstance(src, gs.Constant) and on_disk and act is not None and act.size == d.size:
+            other = _operand(target, act)
+            if other is not None:  # mask the activation: the weight stays shared
+                slot, axis, src = other, act.axis, target.inputs[other]
         if isinstance(src, gs.Constant):
             vals = np.array(src.values, copy=True)
             index = [slice(None)] * vals.ndim

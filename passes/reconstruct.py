@@ -8,20 +8,35 @@
 ``A = 0`` this is ``bias``. Updates are computed from the original weights before slicing
 and applied after it (entries of channels pruned themselves are dropped), so
 mask-equivalence can be checked first on the plain pruned model.
+
+lsq's statistics are captured after the plan, for the consumers it refits only, and only
+the Gram rows of their kept inputs (Σ_KK and Σ_KR are all the solve reads): in chunks of
+layers that fit a memory budget, each captured, fitted and freed before the next
+(``lsq_updates``).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphprune.calibration import Activations
+from graphprune.calibration import (
+    Activations,
+    capture_chunks,
+    chunk_budget,
+    chunks,
+    layer_order,
+    target_costs,
+)
+from graphprune.importance import calibration_targets
 
 from .removal import Removal
 
+log = logging.getLogger(__name__)
 _fresh = itertools.count()
 DAMPING = 0.01  # relative to the mean diagonal of Σ_KK
 
@@ -73,16 +88,19 @@ def refittable(c, removal: Removal) -> bool:
     )
 
 
-def regression(sigma_kk, sigma_kx, mean_k, mean_x, kept, damping: float):
+def regression(sigma_kk, sigma_kx, mean_k, mean_x, kept, damping: float, overwrite=False):
     """``X ≈ Aᵀ X̃_K + c``: every original input channel regressed (affine, ridge) on the kept
     channels the pruned model provides. The ridge pulls A toward "each kept channel stands
     for itself", so where X̃ = X a kept channel maps exactly to itself (A = I on K) whatever
-    the damping, and only the removed channels are estimated."""
-    k, n = sigma_kx.shape
+    the damping, and only the removed channels are estimated. ``overwrite``: the inputs are
+    temporaries of the caller's, used as the solve's operands (a k x n float64 less)."""
+    k = len(kept)
     lam = damping * max(float(np.mean(np.diag(sigma_kk))), 1e-12)
-    prior = np.zeros((k, n))
-    prior[np.arange(k), kept] = 1.0
-    a = np.linalg.solve(sigma_kk + lam * np.eye(k), sigma_kx + lam * prior)
+    lhs, rhs = (sigma_kk, sigma_kx) if overwrite else (sigma_kk.copy(), sigma_kx.copy())
+    # no k x n prior matrix: the prior is lam on (K, K)
+    lhs[np.arange(k), np.arange(k)] += lam
+    rhs[np.arange(k), kept] += lam
+    a = np.linalg.solve(lhs, rhs)
     return a, mean_x - a.T @ mean_k
 
 
@@ -95,7 +113,10 @@ def make_update(c, kept: np.ndarray, a: np.ndarray | None, shift: np.ndarray) ->
     weight = None
     if a is not None:
         delta = (a @ flat - flat[kept]).reshape((len(kept), *moved.shape[1:]))
-        weight = np.moveaxis(delta, 0, c.axis)
+        # held until applied, for every consumer: at the weight's precision, float32 at least
+        # (the float64 deltas of a 1 B model's consumers alone were 1.3 GB)
+        held = np.result_type(c.node.inputs[c.slot].values.dtype, np.float32)
+        weight = np.moveaxis(delta.astype(held, copy=False), 0, c.axis)
     rest = (shift @ flat).reshape(moved.shape[1:])  # over the weight's other axes
     out_in_rest = w_out - (1 if c.axis < w_out else 0)
     bias = rest.sum(axis=tuple(ax for ax in range(rest.ndim) if ax != out_in_rest))
@@ -128,6 +149,67 @@ def plan_updates(
             a, shift = None, np.where(np.isin(np.arange(c.dim.size), removed), st.mean, 0.0)
         out.append(make_update(c, kept, a, shift))
     return out
+
+
+def _refits(removal: Removal, width: bool) -> dict[tuple[str, int], list]:
+    """The contractions lsq refits, by the activation they read: those that lose some of
+    their inputs, at the targets the criteria's statistics cover."""
+    allowed = set(calibration_targets(removal.analysis, width))
+    out: dict[tuple[str, int], list] = {}
+    for c in removal.analysis.contractions:
+        t = (c.act.tensor, c.act.axis) if c.act is not None else None
+        if t in allowed and refittable(c, removal):
+            out.setdefault(t, []).append(c)
+    return out
+
+
+def _kept(c, removal: Removal) -> np.ndarray:
+    return np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
+
+
+def lsq_fit(c, st, rows: np.ndarray, removal: Removal, damping: float) -> Update:
+    """One consumer's lsq update from its input's moments and the Gram rows ``rows`` (its
+    kept inputs, or a superset): ``A`` reads only Σ[K, :] (Σ_KK and Σ_KR)."""
+    kept = _kept(c, removal)
+    cov = st.gram[np.searchsorted(rows, kept)].astype(np.float64) / st.count
+    cov -= np.outer(st.mean[kept], st.mean)
+    a, shift = regression(cov[:, kept], cov, st.mean[kept], st.mean, kept, damping, True)
+    del cov
+    return make_update(c, kept, a, shift)
+
+
+def lsq_updates(
+    removal: Removal,
+    model,
+    feeds: list[dict],
+    damping: float = DAMPING,
+    width: bool = False,
+    budget: int | None = None,
+) -> list[Update]:
+    """lsq's updates with the Gram rows streamed: the consumers that lose units are taken
+    in layer order in chunks that fit ``budget`` (``calibration.chunk_budget``); each
+    chunk's kept rows are captured in one pass over the batches, fitted, and dropped before
+    the next chunk is captured."""
+    refits = _refits(removal, width)
+    if not refits or not feeds:
+        return []
+    rows = {
+        t: np.unique(np.concatenate([_kept(c, removal) for c in cs])) for t, cs in refits.items()
+    }
+    order = layer_order(model, refits)
+    costs = target_costs(model, feeds, order, gram=rows)
+    plan = chunks(order, costs, chunk_budget() if budget is None else budget)
+    fitted: dict[int, Update] = {}
+    done = 0
+    for chunk, acts in capture_chunks(model, feeds, plan, gram=rows):
+        for t in chunk:
+            st = acts.get(*t)
+            for c in refits[t]:
+                fitted[id(c)] = lsq_fit(c, st, rows[t], removal, damping)
+        done += len(chunk)
+        log.info("lsq: %d/%d inputs fitted (%d chunks)", done, len(order), len(plan))
+        del acts
+    return [fitted[id(c)] for c in removal.analysis.contractions if id(c) in fitted]
 
 
 def add_to_weight(node: gs.Node, slot: int, delta: np.ndarray) -> None:

@@ -118,14 +118,17 @@ def layerwise_updates(
 def _regressions(wave, removal, current, original, feeds, damping) -> list[tuple]:
     """lsq-seq: each consumer's original input regressed on the kept inputs ``current``
     delivers."""
-    stats = capture_joint(current, original, feeds, [(c.act.tensor, c.act.axis) for c in wave])
+    kept = {id(c): np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim)) for c in wave}
+    rows: dict[tuple[str, int], np.ndarray] = {}
+    for c in wave:  # the kept inputs of every consumer reading the target
+        t = (c.act.tensor, c.act.axis)
+        rows[t] = np.union1d(rows.get(t, kept[id(c)]), kept[id(c)])
+    stats = capture_joint(current, original, feeds, list(rows), rows)
     fitted = []
     for c in wave:
-        st = stats[c.act.tensor, c.act.axis]
-        cov = st.x.covariance
-        kept = np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
-        a, shift = regression(
-            cov[kept][:, kept], st.cov_xy[kept], st.x.mean[kept], st.mean_y, kept, damping
-        )
-        fitted.append((c, make_update(c, kept, a, shift)))
+        st, k = stats[c.act.tensor, c.act.axis], kept[id(c)]
+        at = np.searchsorted(st.rows, k)
+        cov, cov_xy = st.cov_x[np.ix_(at, at)], st.cov_xy[at]
+        a, shift = regression(cov, cov_xy, st.mean_x[at], st.mean_y, k, damping, True)
+        fitted.append((c, make_update(c, k, a, shift)))
     return fitted

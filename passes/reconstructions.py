@@ -14,14 +14,16 @@ import numpy as np
 from graphprune.errors import RewriteError
 
 from .base import Pass, PassContext, PassResult
-from .reconstruct import Update, apply_updates, plan_updates
+from .reconstruct import Update, apply_updates, lsq_updates, plan_updates
 from .reconstruct_layerwise import layerwise_updates
 
 
 class Reconstruction:
     name = ""
     help = ""
-    needs: frozenset[str] = frozenset()  # shared statistics: "moments", "gram"
+    #: statistics: "moments" (captured with the criterion's, before the plan), "gram" (its
+    #: Gram rows captured after the plan, streamed, for the consumers it refits)
+    needs: frozenset[str] = frozenset()
     needs_calibration = True
 
     def fit(self, ctx: PassContext) -> list[Update]:  # pragma: no cover - interface
@@ -34,6 +36,12 @@ RECONSTRUCTIONS: dict[str, Reconstruction] = {}
 def register(cls: type[Reconstruction]) -> type[Reconstruction]:
     RECONSTRUCTIONS[cls.name] = cls()
     return cls
+
+
+def _lsq(ctx: PassContext) -> list[Update]:
+    """One-shot lsq, its Gram rows captured now, for the consumers the plan refits."""
+    opts = ctx.options
+    return lsq_updates(ctx.removal, ctx.original, ctx.feeds, opts.damping, opts.hidden > 0)
 
 
 @register
@@ -66,7 +74,7 @@ class Lsq(Reconstruction):
     needs = frozenset({"moments", "gram"})
 
     def fit(self, ctx):
-        return plan_updates(ctx.removal, ctx.acts, True, ctx.options.damping)
+        return _lsq(ctx)
 
 
 @register
@@ -93,7 +101,7 @@ class Block(Reconstruction):
     needs = frozenset({"moments", "gram"})
 
     def fit(self, ctx):
-        start = plan_updates(ctx.removal, ctx.acts, True, ctx.options.damping)
+        start = _lsq(ctx)
         return layerwise_updates(ctx.removal, ctx.original, ctx.feeds, ctx.options.damping, start)
 
 

@@ -8,6 +8,8 @@ from collections import defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphprune import weights
+
 from .base import Pass, PassContext, PassResult
 from .removal import Removal
 
@@ -53,7 +55,7 @@ class SliceConstants(Pass):
                 node, slot = uses[k]
                 cuts = patterns[k]
                 if cuts not in cache:
-                    arr = _sliced(const.values, cuts)
+                    arr = weights.keep(graph, _sliced(const.values, cuts), const.name)
                     if shared_elsewhere or const.name in removal.analysis.implicit:
                         cache[cuts] = gs.Constant(f"{const.name}_pruned{len(cache)}", arr)
                     else:

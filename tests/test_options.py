@@ -51,6 +51,7 @@ CASES = {
     "--optimize": (None, None, ()),
     "--quantize": ("dynamic", "int3", ()),
     "--emit": ("ort", "tflite", ()),
+    "--ray": ("local", "cluster", ()),
 }
 #: flags of ``prune`` that are not options of the prune itself (paths of its outputs)
 OUTPUT_FLAGS = {"-h", "--help", "-o", "--output", "--json", "--save-plan", "--config", "--dry-run"}
@@ -206,16 +207,16 @@ def test_readme_and_help_come_from_the_registries():
     ],
 )
 def test_a_run_captures_only_what_it_uses(criterion, reconstruct, captured, monkeypatch):
-    import graphprune.prune as prune_mod
+    import graphprune.calibration as calibration
 
     calls = []
-    real = prune_mod.capture
+    real = calibration.capture
 
     def spy(model, feeds, targets, gram=False):
         calls.append("gram" if gram else "moments")
         return real(model, feeds, targets, gram=gram)
 
-    monkeypatch.setattr(prune_mod, "capture", spy)
+    monkeypatch.setattr(calibration, "capture", spy)
     opts = PruneOptions(ratio=0.25, criterion=criterion, reconstruct=reconstruct, calib=CALIB)
     prune_model(DIGITS, opts)
     assert calls == ([] if captured is None else [captured])

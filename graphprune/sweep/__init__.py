@@ -5,10 +5,11 @@ axis: given several comma-separated values (``--ratio 0.2,0.4 --criterion l2,wan
 multiplies the grid; given one value it applies to every configuration, like the options
 that are never axes (data, ``--input-shape``, ``--exclude``, ``--no-parity``...).
 
-Each configuration is pruned (in ``--jobs`` worker processes, "spawn" context), its model
-written to ``DIR/models/<id>.onnx`` and its row (params, MACs, bytes, parity, quality on
-``--eval`` data) appended to ``DIR/state.jsonl`` as soon as it finishes, keyed by a hash of
-the model's sha256 and the configuration's options: a rerun reuses those. Latency is then
+Each configuration is pruned (in ``--jobs`` worker processes, "spawn" context, or with
+``--ray`` as Ray tasks, ``graphprune.cluster``), its model written to
+``DIR/models/<id>.onnx`` and its row (params, MACs, bytes, parity, quality on ``--eval``
+data) appended to ``DIR/state.jsonl`` as soon as it finishes, keyed by a hash of the
+model's sha256 and the configuration's options: a rerun reuses those. Latency is then
 measured in this process, serially and interleaved with the original
 (``graphprune.bench.measure``). ``results.csv`` / ``results.json`` hold every row with its
 Pareto marks (latency/quality and MACs/quality), ``sweep.png`` / ``sweep.svg`` plot them
@@ -27,14 +28,14 @@ from pathlib import Path
 
 from .. import progress
 from ..errors import NothingPruned, UsageError
-from ..options import OPTIONS
+from ..options import OPTIONS, PruneOptions
 from ..outputs import same_file
 from .grid import REFUSED, build_grid, is_axis
 from .pareto import pareto
 from .pick import _pick_toml, parse_constraint
 from .pick import pick as pick_row
 from .results import _add_plot, _csv_text, _original_row, _row_out, format_table
-from .run import _muted_progress, _run_parallel, run_config
+from .run import _muted_progress, _run_parallel, _run_ray, run_config
 from .state import (
     META,
     _open_dir,
@@ -92,6 +93,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             continue
         if opt.name == "threads":
             kw["help"] = "intra-op thread counts latency is measured at (default 1)"
+        elif opt.name == "ray":
+            kw["help"] = (
+                "run the configurations as Ray tasks (--jobs is then the cluster's CPUs): auto "
+                "joins a running cluster (`ray start --head`), local starts one here; the model, "
+                "data and --out must be on storage every node sees"
+            )
         elif is_axis(opt):
             kw["help"] = opt.help + " [grid axis: V1,V2,...]"
         else:
@@ -124,6 +131,7 @@ def command(args) -> int:
     if out.resolve() == model_path.resolve():
         raise UsageError("--out is the input model; give a directory")
     grid = build_grid(args)
+    ray_mode = PruneOptions(ray=getattr(args, "ray", None)).ray  # checked as prune checks it
     if (
         constraint is not None
         and parse_constraint(constraint)[0] == "quality"
@@ -157,7 +165,12 @@ def command(args) -> int:
         _record(out, model_sha, cid, row)
         progress.advance("sweep", len(rows), total)
 
-    if jobs == 1 or len(todo) <= 1:
+    if ray_mode is not None and todo:
+        from .. import cluster
+
+        cluster.connect(ray_mode)  # exit 10 when --ray auto finds no cluster
+        _run_ray(model_path, out, todo, finished)
+    elif jobs == 1 or len(todo) <= 1:
         for cid, c in todo:
             with _muted_progress():
                 row = run_config(str(model_path), c, str(out / "models" / f"{cid}.onnx"))
@@ -197,6 +210,7 @@ def command(args) -> int:
             "fixed": grid.fixed,
             "threads": list(grid.threads),
             "jobs": jobs,
+            "ray": ray_mode,
             "pick": constraint,
         },
         "rows": [_row_out(r) for r in all_rows],

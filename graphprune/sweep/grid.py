@@ -19,8 +19,12 @@ REFUSED = {
 }
 
 
-#: options that are not grid axes though they take a value: paths, lists, the timing threads
-_NOT_AXES = {"threads", "drop_list", "plan", "calib", "eval"}
+#: options that are not grid axes though they take a value: paths, lists, the timing threads,
+#: where the work runs (``ray``)
+_NOT_AXES = {"threads", "drop_list", "plan", "calib", "eval", "ray"}
+#: options the sweep itself uses, not its configurations (a configuration's id and the
+#: sweep's identity do not depend on them, so a sweep resumes with or without them)
+_SWEEP_ONLY = {"threads", "ray"}
 
 
 def is_axis(opt: Option) -> bool:
@@ -67,7 +71,7 @@ def build_grid(args) -> Grid:
     axes: dict = {}
     data = {k: getattr(args, k) for k in ("calib", "eval") if hasattr(args, k)}
     for opt in OPTIONS:
-        if opt.name in REFUSED or opt.name == "threads" or not hasattr(args, opt.name):
+        if opt.name in REFUSED or opt.name in _SWEEP_ONLY or not hasattr(args, opt.name):
             continue
         given = getattr(args, opt.name)
         if is_axis(opt) and isinstance(given, str) and "," in given:

@@ -133,3 +133,24 @@ def _run_parallel(model_path: Path, out: Path, todo, jobs: int, finished) -> Non
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
+
+
+def _run_item(item: tuple[dict, str], model_path: str) -> dict:
+    """One configuration as a Ray task: ``item`` is (config, output path)."""
+    config, out_path = item
+    return run_config(model_path, config, out_path)
+
+
+def _run_ray(model_path: Path, out: Path, todo, finished) -> None:
+    """The configurations as Ray tasks (graphprune.cluster), each row recorded as it comes
+    back. Paths are absolute: a worker's working directory may be another one, and on a
+    cluster the model and ``out`` must be on storage every node sees."""
+    from .. import cluster
+
+    model = str(Path(model_path).resolve())
+    items = [(c, str((out / "models" / f"{cid}.onnx").resolve())) for cid, c in todo]
+    for k, row, error in cluster.as_completed(_run_item, items, model):
+        if error is not None:  # the worker died (memory, a crash in ORT)
+            msg = " ".join(f"worker failed: {type(error).__name__}: {error}".split())
+            row = {"status": "failed", "exit_code": 1, "error": msg}
+        finished(todo[k][0], row)

@@ -1,0 +1,5 @@
+"""``python -m graphprune``: the command line."""
+
+from graphprune.cli import main
+
+raise SystemExit(main())
