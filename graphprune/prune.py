@@ -29,7 +29,6 @@ from . import weights
 from .allocate import Allocator
 from .analysis.groups import Analysis, analyze
 from .calibration import (
-    Activations,
     calibration_feeds,
     check_memory,
     criterion_statistics,
@@ -43,6 +42,7 @@ from .evaluate import accuracy, load_data, output_deviation, run_outputs
 from .graph import import_graph, infer_shapes, load_model, static_inputs
 from .knockout import model_outputs
 from .layers import layer_rows
+from .memory import run_estimate
 from .metrics import summarize
 from .options import PruneOptions
 from .outcome import check_options_match, check_plan_removes
@@ -70,6 +70,8 @@ class PruneResult:
     layers: list[dict] = field(default_factory=list)  # graphprune.layers.layer_rows
     #: the calibration batches (static quantization calibrates on them again)
     feeds: list = field(default_factory=list)
+    #: the run's estimated peak memory in bytes, by part (graphprune.memory.run_estimate)
+    memory: dict = field(default_factory=dict)
 
     @property
     def sample(self) -> dict | None:
@@ -158,7 +160,8 @@ def prune_model(
             check_options_match(analysis, opts, model)
         t["analyze"] = time.perf_counter()
         stage("calibration")
-        acts = _calibrate(model, analysis, opts, feeds)
+        memory = _memory_check(model, analysis, opts, feeds)
+        acts = criterion_statistics(model, analysis, opts, feeds)
         t["calibrate"] = time.perf_counter()
         stage("planning")
         if given_plan is None:
@@ -182,6 +185,7 @@ def prune_model(
                 shapes=shapes,
                 layers=layers,
                 feeds=feeds,
+                memory=memory,
             )
         parity_feeds = opts.parity_feeds if opts.parity_feeds is not None else feeds[:4]
         ctx = PassContext(
@@ -219,6 +223,7 @@ def prune_model(
         shapes,
         layers,
         feeds,
+        memory,
     )
 
 
@@ -263,13 +268,14 @@ def input_shapes(model, opts: PruneOptions, plan: Plan | None, feeds, eval_data)
         raise PlanError(f"the plan was made for another model's inputs ({e})") from e
 
 
-def _calibrate(model, analysis: Analysis, opts: PruneOptions, feeds: list) -> Activations | None:
-    """The memory all of calibration will need checked first (``ResourceError``, exit 10,
-    before any ORT pass), then the statistics the criterion (when a plan is being made) and
-    a bias refit read; lsq's Gram rows are captured after the plan, streamed
+def _memory_check(model, analysis: Analysis, opts: PruneOptions, feeds: list) -> dict:
+    """The run's estimated peak memory (``graphprune.memory``); what calibration will need
+    is checked against what the machine has first (``ResourceError``, exit 10, before any
+    calibration pass). lsq's Gram rows are captured after the plan, streamed
     (``passes.reconstruct.lsq_updates``)."""
-    check_memory(memory_estimate(model, analysis, opts, feeds))
-    return criterion_statistics(model, analysis, opts, feeds)
+    calibration = memory_estimate(model, analysis, opts, feeds)
+    check_memory(calibration)
+    return run_estimate(model, opts.parity, calibration)
 
 
 def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts, feeds, shapes=None) -> Plan:

@@ -58,6 +58,7 @@ def build_report(
         "macs": {"before": result.before["macs"], "after": result.after["macs"]},
         "bytes": {"before": result.before["bytes"], "after": result.after["bytes"]},
         "input_shapes": result.shapes.to_dict() if result.shapes is not None else {},
+        "memory_estimate": dict(result.memory),
         # a target's record: what was asked, predicted (latency) and resolved (round_to)
         "budget": dict(result.plan.budget or {}),
         "parity": result.parity.to_dict(),
@@ -107,6 +108,10 @@ def format_layers(rows: list[dict], limit: int | None = 12) -> str:
     return "\n".join(lines)
 
 
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
 def format_summary(rep: dict, detail: int = 1) -> str:
     """The text summary: ``detail`` 0 is one line, 1 the summary with the largest layers,
     2 every layer and the passes' times."""
@@ -136,6 +141,14 @@ def format_summary(rep: dict, detail: int = 1) -> str:
             for n, v in shapes.items()
         )
         lines.append(f"            MACs counted at {at}")
+    mem = rep.get("memory_estimate") or {}
+    if rep.get("dry_run") and mem:
+        where = "on disk" if mem["on_disk"] else "in memory"
+        lines.append(
+            f"  memory    {_gb(mem['peak'])} estimated peak: weights {_gb(mem['weights'])} "
+            f"({where}, {_gb(mem['held'])} held), calibration {_gb(mem['calibration'])}, "
+            f"runtime {_gb(mem['runtime'])}"
+        )
     p = rep["parity"]
     if p["status"] == "skipped":
         lines.append("  parity    skipped")

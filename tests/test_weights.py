@@ -66,10 +66,7 @@ def test_mapped_prune_is_the_in_memory_prune(llama_external, small_weights_mappe
     save_model_atomic(mapped.model, out)
     saved = onnx.load(str(out), load_external_data=False)
     offsets = [
-        int(e.value)
-        for t in saved.graph.initializer
-        for e in t.external_data
-        if e.key == "offset"
+        int(e.value) for t in saved.graph.initializer for e in t.external_data if e.key == "offset"
     ]
     assert offsets and all(o % weights.ALIGN == 0 for o in offsets)
     onnx.checker.check_model(str(out), full_check=True)
@@ -121,3 +118,23 @@ def test_missing_external_data_is_a_load_error(tmp_path):
 
     with pytest.raises(ModelLoadError, match="missing"):
         load_model(path)
+
+
+def test_dry_run_estimates_the_peak_memory(llama_external, small_weights_mapped, tmp_path, capsys):
+    """``--dry-run`` says what a run would hold: for weights on disk, far less than the
+    weights (only the largest tensor in flight); held in memory, several times them."""
+    import json
+
+    from graphprune.cli import main
+
+    report = tmp_path / "r.json"
+    assert (
+        main(["prune", str(llama_external), "--dry-run", "--heads", "0.5", "--json", str(report)])
+        == 0
+    )
+    assert "estimated peak" in capsys.readouterr().out
+    mem = json.loads(report.read_text())["memory_estimate"]
+    assert mem["on_disk"] and mem["held"] < mem["weights"]
+    assert mem["peak"] == mem["held"] + mem["calibration"] + mem["runtime"]
+    inline = prune_model(onnx.load(str(llama_external)), OPTS, dry_run=True).memory
+    assert not inline["on_disk"] and inline["held"] > 3 * inline["weights"]
