@@ -21,6 +21,8 @@
 
 Run: ``python benchmarks/bench_quality.py [--quick] [--calib-sentences N]`` (default 256
 calibration and 200 eval sentences; ``--quick``: 32 and 64, and only l2/flap/obs).
+``--only CRIT:REC[:global]`` (repeatable) runs just those MiniLM settings, and prints the
+time of each stage and pass of each; ``--no-digits`` / ``--no-minilm`` skip a part.
 """
 
 from __future__ import annotations
@@ -149,7 +151,29 @@ def accuracy(model, data) -> float:
     return float((logits.argmax(1) == data["labels"]).mean())
 
 
-def run_minilm(quick: bool, n_cal: int) -> tuple:
+def parse_only(specs: list[str]) -> list[tuple[str, str, bool]]:
+    """``CRIT:REC[:global]`` strings as (criterion, reconstruct, global) settings."""
+    out = []
+    for spec in specs:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "global"):
+            raise SystemExit(f"--only {spec}: expected CRIT:REC or CRIT:REC:global")
+        out.append((parts[0], parts[1], len(parts) == 3))
+    return out
+
+
+def stage_times(res) -> str:
+    """A run's stages, and its passes of at least half a second, with their seconds."""
+    parts = [f"{k} {v:.1f}" for k, v in res.timings.items()]
+    parts += [
+        f"{r.name} {r.seconds:.1f}" + (f" [{r.detail}]" if r.name.startswith("fit-") else "")
+        for r in res.records
+        if r.seconds >= 0.5
+    ]
+    return "    stages (s): " + ", ".join(parts)
+
+
+def run_minilm(quick: bool, n_cal: int, only: list | None = None) -> tuple:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
@@ -194,9 +218,11 @@ def run_minilm(quick: bool, n_cal: int) -> tuple:
             macs = res.after["macs"] / res.before["macs"]
             mask = res.parity.mask_check if res.parity.mask_check is not None else "-"
             rows[crit, rec, global_rank] = (cos, nn)
+            times = stage_times(res) if only else ""
             line = f"{cos:>9.4f}{nn:>9.3f}{macs:>7.2f}{res.parity.status:>13}{str(mask):>7}"
         except Exception as e:  # report every failing combination
             line = f"  ERROR {type(e).__name__}: {str(e).splitlines()[0][:140]}"
+            times = ""
         tag = "  <- baseline" if (crit, rec) == BASELINE and not global_rank else ""
         dt = time.perf_counter() - t0
         name = f"{crit}{' --global' if global_rank else ''}"
@@ -206,7 +232,14 @@ def run_minilm(quick: bool, n_cal: int) -> tuple:
             else f"{name:<16}{rec:<12}{line} ({dt:.1f}s){tag}",
             flush=True,
         )
+        if times:
+            print(times, flush=True)
 
+    if only:
+        for crit, rec, global_rank in only:
+            setting(crit, rec, global_rank)
+        best = max(rows, key=lambda k: rows[k]) if rows else None
+        return (best[:2], rows[best]) if best else (None, None)
     for crit in QUICK_CRITERIA if quick else CRITERIA:
         for rec in RECONSTRUCT:
             setting(crit, rec)
@@ -260,10 +293,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer sentences and criteria")
     ap.add_argument("--calib-sentences", type=int, default=256, metavar="N")
+    ap.add_argument(
+        "--only", action="append", default=[], metavar="CRIT:REC[:global]",
+        help="run only these MiniLM settings (repeatable), with the time of each stage",
+    )  # fmt: skip
+    ap.add_argument("--no-digits", action="store_true", help="skip the digits CNN")
+    ap.add_argument("--no-minilm", action="store_true", help="skip MiniLM")
     args = ap.parse_args()
+    only = parse_only(args.only)
     t0 = time.perf_counter()
-    best, _ = run_minilm(args.quick, args.calib_sentences)
-    run_digits(best)
+    best = None
+    if not args.no_minilm:
+        best, _ = run_minilm(args.quick, args.calib_sentences, only)
+    if not args.no_digits:
+        run_digits(best)
     print(f"\ntotal {time.perf_counter() - t0:.1f}s")
 
 
