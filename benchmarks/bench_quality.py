@@ -167,7 +167,7 @@ def stage_times(res) -> str:
     parts = [f"{k} {v:.1f}" for k, v in res.timings.items()]
     parts += [
         f"{r.name} {r.seconds:.1f}" + (f" [{r.detail}]" if r.name.startswith("fit-") else "")
-        for r in res.records
+        for r in res.passes
         if r.seconds >= 0.5
     ]
     return "    stages (s): " + ", ".join(parts)
