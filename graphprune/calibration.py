@@ -281,28 +281,46 @@ class JointStats:
         return self.gram_xy / self.x.count - np.outer(self.mean_x, self.mean_y)
 
 
+class ProbeRun:
+    """A model run from its inputs that gives ``names`` on each feed: ``values(k)`` for
+    every feed in order, then ``finish()`` (the interface of ``staged.StagedRun``)."""
+
+    def __init__(self, model: onnx.ModelProto, feeds: list[dict], names: list[str]):
+        self.sess, self.feeds, self.names = _probe_session(model, names), feeds, names
+
+    def values(self, k: int) -> dict[str, np.ndarray]:
+        try:
+            return dict(zip(self.names, self.sess.run(self.names, self.feeds[k]), strict=True))
+        except Exception as e:
+            raise CalibrationError(f"calibration batch {k}: the model cannot run it ({e})") from e
+
+    def finish(self) -> None:
+        pass
+
+
 def capture_joint(
     current: onnx.ModelProto,
     original: onnx.ModelProto,
     feeds: list[dict],
     targets,
     rows: dict | None = None,
+    runs: tuple | None = None,
 ) -> dict[tuple[str, int], JointStats]:
     """Run both models on every feed and stream, per ``(tensor name, axis)`` present in both,
     the moments tying the current model's activation to the original's (``JointStats``;
-    ``rows`` maps a target to the rows of its Grams to hold)."""
+    ``rows`` maps a target to the rows of its Grams to hold). ``runs``: the two models'
+    runs giving the targets' tensors (``ProbeRun`` by default)."""
     targets = sorted(set(targets))
     names = sorted({n for n, _ in targets})
-    sessions = (_probe_session(current, names), _probe_session(original, names))
+    runs = runs or (ProbeRun(current, feeds, names), ProbeRun(original, feeds, names))
     out: dict[tuple[str, int], JointStats] = {}
-    for k, feed in enumerate(feeds):
-        try:
-            cur, orig = (dict(zip(names, s.run(names, feed), strict=True)) for s in sessions)
-        except Exception as e:
-            raise CalibrationError(f"calibration batch {k}: the model cannot run it ({e})") from e
+    for k in range(len(feeds)):
+        cur, orig = (r.values(k) for r in runs)
         for name, axis in targets:
             st = out.setdefault((name, axis), JointStats(rows=(rows or {}).get((name, axis))))
             st.add(cur[name], orig[name], axis)
+    for r in runs:
+        r.finish()
     return out
 
 
@@ -312,22 +330,20 @@ def capture_rows(
     feeds: list[dict],
     names: tuple[list[str], list[str]],
     limit: int,
+    runs: tuple | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Raw rows (features on the last axis) of ``names[0]`` in ``current`` and ``names[1]``
     in ``original``, both run on every feed; the same positions in every tensor. At most
     about ``limit`` rows are kept: when more arrive, every other row is dropped and the
-    stride doubles, so the rows stay spread over all the batches and memory stays bounded."""
-    sessions = (_probe_session(current, names[0]), _probe_session(original, names[1]))
+    stride doubles, so the rows stay spread over all the batches and memory stays bounded.
+    ``runs``: the two models' runs giving those names (``ProbeRun`` by default)."""
+    runs = runs or tuple(
+        ProbeRun(m, feeds, ns) for m, ns in zip((current, original), names, strict=True)
+    )
     rows: list[dict[str, list[np.ndarray]]] = [{n: [] for n in ns} for ns in names]
     stride, seen, kept = 1, 0, 0  # rows kept: global positions that are multiples of stride
-    for k, feed in enumerate(feeds):
-        try:
-            values = [
-                dict(zip(ns, s.run(ns, feed), strict=True))
-                for s, ns in zip(sessions, names, strict=True)
-            ]
-        except Exception as e:
-            raise CalibrationError(f"calibration batch {k}: the model cannot run it ({e})") from e
+    for k in range(len(feeds)):
+        values = [r.values(k) for r in runs]
         flats = [{n: v.reshape(-1, v.shape[-1]) for n, v in side.items()} for side in values]
         counts = {len(f) for side in flats for f in side.values()}
         if len(counts) != 1:
@@ -344,6 +360,8 @@ def capture_rows(
                     side[n] = [np.concatenate(parts)[::2]]
             kept = (kept + 1) // 2
             stride *= 2
+    for r in runs:
+        r.finish()
     return tuple({n: np.concatenate(p) for n, p in side.items()} for side in rows)
 
 

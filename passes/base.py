@@ -64,6 +64,7 @@ class PassContext:
     pruned: object = None  # the exported onnx.ModelProto
     after: dict | None = None  # its params / MACs / bytes
     parity: object = None  # ParityResult
+    fit_times: dict = field(default_factory=dict)  # a reconstruction's stage -> seconds
 
 
 class Pass:

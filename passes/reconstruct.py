@@ -185,21 +185,33 @@ def lsq_updates(
     damping: float = DAMPING,
     width: bool = False,
     budget: int | None = None,
+    acts=None,
 ) -> list[Update]:
     """lsq's updates with the Gram rows streamed: the consumers that lose units are taken
     in layer order in chunks that fit ``budget`` (``calibration.chunk_budget``); each
     chunk's kept rows are captured in one pass over the batches, fitted, and dropped before
-    the next chunk is captured."""
+    the next chunk is captured. Where ``acts`` (the criterion's statistics, of the same
+    model and batches) already hold an input's whole Gram matrix (``obs``), it is read
+    instead of captured again."""
     refits = _refits(removal, width)
     if not refits or not feeds:
         return []
+    fitted: dict[int, Update] = {}
+    for t in list(refits):
+        st = acts.get(*t) if acts is not None else None
+        if st is not None and st.gram is not None and st.gram.shape == (len(st.mean),) * 2:
+            for c in refits.pop(t):
+                fitted[id(c)] = lsq_fit(c, st, np.arange(len(st.mean)), removal, damping)
+    if fitted:
+        log.info("lsq: %d consumers fitted from the criterion's Gram matrices", len(fitted))
+    if not refits:
+        return [fitted[id(c)] for c in removal.analysis.contractions if id(c) in fitted]
     rows = {
         t: np.unique(np.concatenate([_kept(c, removal) for c in cs])) for t, cs in refits.items()
     }
     order = layer_order(model, refits)
     costs = target_costs(model, feeds, order, gram=rows)
     plan = chunks(order, costs, chunk_budget() if budget is None else budget)
-    fitted: dict[int, Update] = {}
     done = 0
     for chunk, acts in capture_chunks(model, feeds, plan, gram=rows):
         for t in chunk:

@@ -14,6 +14,7 @@ makes, applied by the ``Reconstruct`` pass.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ import onnx_graphsurgeon as gs
 
 from graphprune.calibration import capture_joint
 from graphprune.progress import advance
+from graphprune.staged import StagedRuns
 
 from .mask_units import masked_graph
 from .reconstruct import (
@@ -32,7 +34,7 @@ from .reconstruct import (
     refittable,
     regression,
 )
-from .reconstruct_block import block_updates, find_block
+from .reconstruct_block import block_updates, capture_names, find_block
 from .removal import Removal
 
 log = logging.getLogger(__name__)
@@ -79,9 +81,12 @@ def layerwise_updates(
     feeds: list[dict],
     damping: float,
     start: list[Update] | None = None,
+    times: dict | None = None,
 ) -> list[Update]:
     """lsq-seq's updates. Given ``start`` (one-shot lsq's updates), those are kept for every
-    consumer and only the MLP blocks are refined, layer by layer (``--reconstruct block``)."""
+    consumer and only the MLP blocks are refined, layer by layer (``--reconstruct block``).
+    ``times`` gathers the seconds spent per stage (capture, fit)."""
+    times = {} if times is None else times
     given = {id(up.node): up for up in start} if start is not None else None
     contractions = [
         c
@@ -93,19 +98,30 @@ def layerwise_updates(
     copy, node_map = masked_graph(removal)
     out: list[Update] = []
     runs = waves(removal.analysis.graph, contractions)
+    blocks = [_blocks(wave, removal, given) for wave in runs]
+    staged = _staged_runs(runs, blocks, feeds, given is not None)
     for k, wave in enumerate(runs):
         current = gs.export_onnx(copy, do_type_check=False)
         if given is None:
-            fitted = _regressions(wave, removal, current, original, feeds, damping)
+            names = sorted({c.act.tensor for c in wave})
+            pair = tuple(
+                s.begin(m, k, names) for s, m in zip(staged, (current, original), strict=True)
+            )
+            fitted = _regressions(wave, removal, current, original, feeds, damping, pair, times)
             wave_updates = [up for _, up in fitted]
         else:
-            fitted = [(c, given[id(c.node)]) for c in wave]
-            found = [(c, find_block(c, removal), up) for c, up in fitted]
-            found = [f for f in found if f[1] is not None]
+            found = blocks[k]
             done = {id(c) for c, _, _ in found}
-            wave_updates = [up for c, up in fitted if id(c) not in done]
+            wave_updates = [given[id(c.node)] for c in wave if id(c) not in done]
             if found:
-                wave_updates += block_updates(found, removal, current, original, feeds, out)
+                names = capture_names(found)
+                pair = tuple(
+                    s.begin(m, k, ns)
+                    for s, m, ns in zip(staged, (current, original), names, strict=True)
+                )
+                wave_updates += block_updates(
+                    found, removal, current, original, feeds, out, pair, times
+                )
         for up in wave_updates:
             _apply_full_size(copy, node_map[id(up.node)], up, removal)
         out += wave_updates
@@ -115,15 +131,42 @@ def layerwise_updates(
     return out
 
 
-def _regressions(wave, removal, current, original, feeds, damping) -> list[tuple]:
+def _blocks(wave: list, removal: Removal, given: dict | None) -> list[tuple]:
+    """The wave's ``(contraction, MLP block, its lsq update)`` (``--reconstruct block``)."""
+    if given is None:
+        return []
+    found = [(c, find_block(c, removal), given[id(c.node)]) for c in wave]
+    return [f for f in found if f[1] is not None]
+
+
+def _staged_runs(runs: list[list], blocks: list[list], feeds: list[dict], block_mode: bool):
+    """The runs of the model pruned so far and of the original, one per wave, each starting
+    from what earlier waves computed (``graphprune.staged``)."""
+    changes, cur_targets, orig_targets = [], [], []
+    for wave, found in zip(runs, blocks, strict=True):
+        nodes = [c.node for c in wave] + [p.node for _, b, _ in found for p in b.producers]
+        changes.append({n.outputs[0].name for n in nodes})
+        if block_mode:  # a wave without blocks captures nothing
+            cur, orig = capture_names(found) if found else ([], [])
+        else:
+            cur = orig = sorted({c.act.tensor for c in wave})
+        cur_targets.append(cur)
+        orig_targets.append(orig)
+    return StagedRuns(feeds, changes, cur_targets), StagedRuns(feeds, changes, orig_targets)
+
+
+def _regressions(wave, removal, current, original, feeds, damping, runs, times) -> list[tuple]:
     """lsq-seq: each consumer's original input regressed on the kept inputs ``current``
-    delivers."""
+    delivers (``runs``: the two models' runs giving the consumers' inputs)."""
     kept = {id(c): np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim)) for c in wave}
     rows: dict[tuple[str, int], np.ndarray] = {}
     for c in wave:  # the kept inputs of every consumer reading the target
         t = (c.act.tensor, c.act.axis)
         rows[t] = np.union1d(rows.get(t, kept[id(c)]), kept[id(c)])
-    stats = capture_joint(current, original, feeds, list(rows), rows)
+    t0 = time.perf_counter()
+    stats = capture_joint(current, original, feeds, list(rows), rows, runs)
+    t1 = time.perf_counter()
+    times["capture"] = times.get("capture", 0.0) + t1 - t0
     fitted = []
     for c in wave:
         st, k = stats[c.act.tensor, c.act.axis], kept[id(c)]
@@ -131,4 +174,5 @@ def _regressions(wave, removal, current, original, feeds, damping) -> list[tuple
         cov, cov_xy = st.cov_x[np.ix_(at, at)], st.cov_xy[at]
         a, shift = regression(cov, cov_xy, st.mean_x[at], st.mean_y, k, damping, True)
         fitted.append((c, make_update(c, k, a, shift)))
+    times["fit"] = times.get("fit", 0.0) + time.perf_counter() - t1
     return fitted

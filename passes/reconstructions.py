@@ -9,6 +9,8 @@ first), and ``reconstruct-<name>`` applies them to the pruned graph.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from graphprune.errors import RewriteError
@@ -39,9 +41,12 @@ def register(cls: type[Reconstruction]) -> type[Reconstruction]:
 
 
 def _lsq(ctx: PassContext) -> list[Update]:
-    """One-shot lsq, its Gram rows captured now, for the consumers the plan refits."""
+    """One-shot lsq for the consumers the plan refits: from the criterion's Gram matrices
+    where it holds them, its Gram rows captured now otherwise."""
     opts = ctx.options
-    return lsq_updates(ctx.removal, ctx.original, ctx.feeds, opts.damping, opts.hidden > 0)
+    return lsq_updates(
+        ctx.removal, ctx.original, ctx.feeds, opts.damping, opts.hidden > 0, acts=ctx.acts
+    )
 
 
 @register
@@ -87,22 +92,28 @@ class LsqSeq(Reconstruction):
     needs = frozenset()  # captures its own joint statistics, wave by wave
 
     def fit(self, ctx):
-        return layerwise_updates(ctx.removal, ctx.original, ctx.feeds, ctx.options.damping)
+        return layerwise_updates(
+            ctx.removal, ctx.original, ctx.feeds, ctx.options.damping, times=ctx.fit_times
+        )
 
 
 @register
 class Block(Reconstruction):
     name = "block"
     help = (
-        "one-shot lsq, then each MLP block (producer, elementwise activation, consumer) "
-        "refined as a whole by Adam steps on calibration tokens, layer by layer; other "
-        "consumers keep the lsq refit"
+        "one-shot lsq, then each MLP block (producers, elementwise activation or gate, "
+        "consumer; plain or SwiGLU/GeGLU) refined as a whole by Adam steps on calibration "
+        "tokens, layer by layer; other consumers keep the lsq refit"
     )
     needs = frozenset({"moments", "gram"})
 
     def fit(self, ctx):
+        t0 = time.perf_counter()
         start = _lsq(ctx)
-        return layerwise_updates(ctx.removal, ctx.original, ctx.feeds, ctx.options.damping, start)
+        ctx.fit_times["lsq"] = time.perf_counter() - t0
+        return layerwise_updates(
+            ctx.removal, ctx.original, ctx.feeds, ctx.options.damping, start, ctx.fit_times
+        )
 
 
 class FitReconstruction(Pass):
@@ -124,7 +135,10 @@ class FitReconstruction(Pass):
                         f"{what} values; nothing written (try a larger --damping)"
                     )
         ctx.updates[self.recon.name] = updates
-        return PassResult(False, f"{len(updates)} consumers fitted")
+        times = ", ".join(f"{k} {v:.1f}s" for k, v in ctx.fit_times.items())
+        return PassResult(
+            False, f"{len(updates)} consumers fitted" + (f" ({times})" if times else "")
+        )
 
 
 class ApplyReconstruction(Pass):

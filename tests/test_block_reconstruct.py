@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
 from graphprune.calibration import capture_rows
 from graphprune.plan import GroupPlan, Plan
@@ -26,13 +27,15 @@ def _gelu(g, z, name):
     return g.op("Mul", [m, g.const(f"{name}_half", np.float32(0.5), np.float32)], name)
 
 
-def _residual_mlp(gated=False):
-    """x(8) -> MatMul(8->32) + b1 -> GELU -> MatMul(32->8) + b2 -> + x. ``gated``: a second
-    producer multiplies in (SwiGLU-like), which the block refit leaves to lsq."""
+def _residual_mlp(gated=None):
+    """x(8) -> MatMul(8->32) + b1 -> GELU -> MatMul(32->8) + b2 -> + x. ``gated``: "gelu"
+    (GeGLU) or "silu" (SwiGLU, as z * Sigmoid(z)): the activation times a second
+    producer's output, ``up = x @ Wu``."""
     g = G(seed=3)
     x = g.input("x", ["N", WIDTH])
     z = g.op("Add", [g.op("MatMul", [x, g.w("w1", WIDTH, HIDDEN)], "xw1"), g.w("b1", HIDDEN)], "z")
-    h = _gelu(g, z, "h")
+    silu = gated == "silu"
+    h = g.op("Mul", [z, g.op("Sigmoid", [z], "sig")], "h") if silu else _gelu(g, z, "h")
     if gated:
         h = g.op("Mul", [h, g.op("MatMul", [x, g.w("wu", WIDTH, HIDDEN)], "up")], "gated")
     o = g.op("Add", [g.op("MatMul", [h, g.w("w2", HIDDEN, WIDTH)], "hw2"), g.w("b2", WIDTH)], "o")
@@ -60,12 +63,27 @@ def test_finds_the_mlp_block_and_its_residual():
     assert block.producer.name and block.z.name == "z" and block.h.name == "h"
     assert sorted(n.op for n in block.region) == ["Add", "Div", "Erf", "Mul", "Mul"]
     assert block.residual == "x"
-    assert np.array_equal(block.bias, np.asarray(block.bias))  # b1, one per neuron
-    assert block.bias.shape == (HIDDEN,)
+    (p,) = block.producers
+    assert p.bias.shape == (HIDDEN,) and p.w.shape == (WIDTH, HIDDEN)  # b1, one per neuron
 
 
-def test_a_gated_mlp_is_not_a_block():
-    assert _block(_residual_mlp(gated=True)) is None
+@pytest.mark.parametrize("gate", ["gelu", "silu"])
+def test_a_gated_mlp_is_a_block_of_two_producers(gate):
+    block = _block(_residual_mlp(gated=gate))
+    assert [p.z.name for p in block.producers] == ["z", "up"]
+    assert block.h.name == "gated" and block.residual == "x"
+    assert {p.node.inputs[0].name for p in block.producers} == {"x"}
+
+
+def test_branches_reading_different_inputs_are_not_a_block():
+    g = G(seed=3)
+    x = g.input("x", ["N", WIDTH])
+    x2 = g.op("Relu", [x], "x2")
+    z = g.op("MatMul", [x, g.w("w1", WIDTH, HIDDEN)], "z")
+    up = g.op("MatMul", [x2, g.w("wu", WIDTH, HIDDEN)], "up")
+    h = g.op("Mul", [g.op("Sigmoid", [z], "s"), up], "h")
+    model = g.model([g.op("Add", [g.op("MatMul", [h, g.w("w2", HIDDEN, WIDTH)], "o"), x], "y")])
+    assert _block(model) is None
 
 
 def test_refine_follows_the_gradient():
@@ -79,8 +97,9 @@ def test_refine_follows_the_gradient():
     w2 = (rng.standard_normal((32, 8)) / 6).astype(np.float32)
     target = np.tanh(x @ w1) @ w2
 
-    def f(z):
-        return np.tanh(z), 1 - np.tanh(z) ** 2
+    def f(zs):
+        (z,) = zs
+        return np.tanh(z), [1 - np.tanh(z) ** 2]
 
     def start():
         return [
@@ -91,11 +110,11 @@ def test_refine_follows_the_gradient():
         ]
 
     params = start()
-    before, after = refine(x, target, params, f, epochs=8, step=1e-2)
+    before, after = refine(x, target, params, f, epochs=8, step=0.04)
     assert after < 0.2 * before
     assert not np.array_equal(params[0], w1[:, :16])
     params = start()
-    assert refine(x, target, params, f, epochs=0, step=1e-2) == (before, before)
+    assert refine(x, target, params, f, epochs=0, step=0.04) == (before, before)
     assert all(np.array_equal(p, q) for p, q in zip(params, start(), strict=True))
 
 
@@ -109,37 +128,43 @@ def test_capture_rows_keeps_aligned_positions_within_the_limit():
     assert np.array_equal(cur["x"], x[::stride]) and np.array_equal(orig["x"], x[::stride])
 
 
-@pytest.fixture
-def fast_steps(monkeypatch):
-    """Steps sized for this toy block (the default is sized for transformer weights)."""
-    from graphprune.passes import reconstruct_block
-
-    monkeypatch.setattr(reconstruct_block, "STEP", 3e-3)
-
-
-def test_block_refit_beats_lsq_on_unseen_data(fast_steps):
-    model = _residual_mlp()
+@pytest.mark.parametrize(
+    "gated, narrowed",
+    [(None, 7), ("gelu", 9), ("silu", 6)],  # xw1, z, the activation's tensors, h (, up, gated)
+)
+def test_block_refit_beats_lsq_on_unseen_data(gated, narrowed):
+    """Plain, GeGLU and SwiGLU blocks: every producer moves, and the block's output error on
+    unseen inputs is below 0.8 x lsq's."""
+    model = _residual_mlp(gated)
     (group,) = analyze_model(model).prunable
     plan = Plan([GroupPlan(group.key, group.kind, group.units, list(range(0, HIDDEN, 2)))])
     feed = _feeds(n=2048, batch=2048, seed=7)[0]  # not calibration data
     original = run(model, feed)[0]
 
-    def error(mode):
+    def fit(mode):
         result = prune_model(
             model, PruneOptions(ratio=0.0, calib=_feeds(), reconstruct=mode), plan=plan
         )
         assert result.parity.mask_check == "exact"  # checked before the refit
         assert result.parity.status == "approximate"
         assert_valid(result.model, model)
-        assert assert_structure(result) == 7  # xw1, z, the four GELU tensors, h
-        return float(np.mean((run(result.model, feed)[0] - original) ** 2))
+        assert assert_structure(result) == narrowed
+        inits = {t.name: numpy_helper.to_array(t) for t in result.model.graph.initializer}
+        graph = result.model.graph
+        producers = [
+            inits[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[0] == "x"
+        ]
+        return float(np.mean((run(result.model, feed)[0] - original) ** 2)), producers
 
-    lsq, block = error("lsq"), error("block")
+    (lsq, w_lsq), (block, w_block) = fit("lsq"), fit("block")
+    assert len(w_lsq) == len(w_block) == (2 if gated else 1)
+    for a, b in zip(w_lsq, w_block, strict=True):  # lsq leaves the producers as they are
+        assert a.shape == b.shape == (WIDTH, HIDDEN // 2) and not np.allclose(a, b)
     assert block < 0.8 * lsq
 
 
 @pytest.mark.parametrize("trans_b", [0, 1])
-def test_gemm_blocks_in_either_layout(fast_steps, trans_b):
+def test_gemm_blocks_in_either_layout(trans_b):
     """Gemm producer and consumer (beta ≠ 1, weights stored either way round): the refit
     lands in the right layout and bias, and beats lsq on unseen data."""
     g = G(seed=3)
@@ -162,4 +187,4 @@ def test_gemm_blocks_in_either_layout(fast_steps, trans_b):
         assert_valid(result.model, model)
         assert assert_structure(result) == 6  # z, the four GELU tensors, h
         errors[mode] = float(np.mean((run(result.model, feed)[0] - original) ** 2))
-    assert errors["block"] < 0.8 * errors["lsq"]  # 0.70 and 0.65 measured
+    assert errors["block"] < 0.8 * errors["lsq"]  # 0.60 and 0.49 measured

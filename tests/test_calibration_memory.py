@@ -76,6 +76,33 @@ def test_criterion_statistics_carry_no_gram_unless_the_criterion_reads_one(monke
     assert acts.get("r", 1).gram.dtype == np.float64
 
 
+def test_lsq_reads_the_criterions_whole_grams_instead_of_capturing_rows(monkeypatch):
+    """obs holds every input's float64 Gram matrix: lsq fits from it (no second pass), and
+    the model is the one the captured float32 rows give, to float32 rounding."""
+    from graphprune.passes import reconstruct
+
+    model, feeds = _mlp(), _feeds()
+    opts = PruneOptions(ratio=0.25, criterion="obs", calib=feeds, reconstruct="lsq")
+    calls = _spy(monkeypatch)
+    reused = prune_model(model, opts)
+    assert len(calls) == 1 and calls[0][1] is True  # obs's pass, nothing after the plan
+    from graphprune.passes import reconstructions
+
+    real = reconstruct.lsq_updates
+    monkeypatch.setattr(
+        reconstructions, "lsq_updates", lambda *a, **k: real(*a, **{**k, "acts": None})
+    )
+    calls.clear()
+    captured = prune_model(model, opts)
+    assert len(calls) == 2  # obs's pass, then lsq's rows
+    assert captured.plan == reused.plan
+    assert reused.parity.mask_check == "exact" and reused.parity.status == "approximate"
+    feed = {"x": np.random.default_rng(9).standard_normal((64, 16)).astype(np.float32)}
+    a, b = run(reused.model, feed)[0], run(captured.model, feed)[0]
+    assert not np.array_equal(a, run(model, feed)[0])
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_a_streamed_criterion_pass_gives_the_same_statistics(monkeypatch):
     model, feeds = _linear_chain(), _feeds()
     opts = PruneOptions(ratio=0.25, criterion="flap", calib=feeds)
