@@ -136,29 +136,40 @@ class Activations:
         return self.stats.get((name, axis))
 
 
-def _probe_session(model: onnx.ModelProto, names: list[str]):
+def _probe_session(model: onnx.ModelProto, names: list[str], starts: dict | None = None):
     """An ORT session (optimisations off) on a copy of ``model`` that outputs just the
     tensors ``names`` and runs only the nodes they need (every graph input stays, so any
-    feed of the model fits)."""
-    probe = _truncated(model, names)
+    feed of the model fits). ``starts``: tensors (name -> numpy dtype) fed as inputs
+    instead of computed; nothing upstream of them runs."""
+    probe = _truncated(model, names, starts)
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     return session(probe)
 
 
-def _truncated(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of ``model`` with only the nodes and initializers ``names`` depend on and no
-    graph outputs; the other initializers are never copied (a chunk of early layers does
-    not copy the weights of the later ones)."""
+def _truncated(
+    model: onnx.ModelProto, names: list[str], starts: dict | None = None
+) -> onnx.ModelProto:
+    """A copy of ``model`` with only the nodes and initializers ``names`` depend on (up to
+    ``starts``, which become graph inputs) and no graph outputs; the other initializers
+    are never copied (a chunk of early layers does not copy the weights of the later
+    ones)."""
+    starts = starts or {}
     probe = onnx.ModelProto()
     for desc, value in model.ListFields():
         if desc.name != "graph":
             _copy_field(probe, desc, value)
     for desc, value in model.graph.ListFields():
-        if desc.name not in ("initializer", "node", "output"):
+        if desc.name not in ("initializer", "node", "output", "value_info"):
             _copy_field(probe.graph, desc, value)
-    kept = _needed_nodes(model.graph, names)
+    probe.graph.value_info.extend(v for v in model.graph.value_info if v.name not in starts)
+    for name, dtype in sorted(starts.items()):
+        elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        probe.graph.input.append(onnx.helper.make_tensor_value_info(name, elem, None))
+    nodes, _ = needed_nodes(model.graph, names, set(starts))
+    kept = [model.graph.node[k] for k in sorted(nodes)]
     probe.graph.node.extend(kept)
-    used = {i for n in kept for i in n.input} | set(names) | {i.name for i in model.graph.input}
+    used = {i for n in kept for i in node_reads(n)} | set(names)
+    used |= {i.name for i in model.graph.input}
     probe.graph.initializer.extend(t for t in model.graph.initializer if t.name in used)
     return probe
 
@@ -173,21 +184,41 @@ def _copy_field(target, desc, value) -> None:
         setattr(target, desc.name, value)
 
 
-def _needed_nodes(graph: onnx.GraphProto, names: list[str]) -> list[onnx.NodeProto]:
-    """The nodes ``names`` depend on, in graph order (outer-scope reads of subgraphs too)."""
-    producer = {o: k for k, n in enumerate(graph.node) for o in n.output}
-    needed, todo = set(), list(names)
+def node_reads(node: onnx.NodeProto) -> list[str]:
+    """Every name ``node`` reads, outer-scope reads of its subgraphs included."""
+    out = list(node.input)
+    for attr in node.attribute:
+        for sub in [attr.g, *attr.graphs]:
+            out.extend(i for n in sub.node for i in n.input)
+    return [i for i in out if i]
+
+
+def producers(graph: onnx.GraphProto) -> dict[str, int]:
+    """Tensor name -> index of the node writing it."""
+    return {o: k for k, n in enumerate(graph.node) for o in n.output if o}
+
+
+def needed_nodes(
+    graph: onnx.GraphProto, names, stop=frozenset(), producer: dict | None = None
+) -> tuple[set[int], set[str]]:
+    """Indices of the nodes ``names`` depend on, not looking past the names in ``stop``;
+    and the names of ``stop`` reached."""
+    producer = producers(graph) if producer is None else producer
+    nodes, reached, seen, todo = set(), set(), set(), list(names)
     while todo:
-        k = producer.get(todo.pop())
-        if k is None or k in needed:
+        name = todo.pop()
+        if name in seen:
             continue
-        needed.add(k)
-        node = graph.node[k]
-        todo.extend(node.input)
-        for attr in node.attribute:  # outer-scope names read inside subgraphs
-            for sub in [attr.g, *attr.graphs]:
-                todo.extend(i for n in sub.node for i in n.input)
-    return [graph.node[k] for k in sorted(needed)]
+        seen.add(name)
+        if name in stop:
+            reached.add(name)
+            continue
+        k = producer.get(name)
+        if k is None or k in nodes:
+            continue
+        nodes.add(k)
+        todo.extend(node_reads(graph.node[k]))
+    return nodes, reached
 
 
 #: [chunk, chunks]: where the running capture is in a streamed pass (``capture_chunks``),
@@ -288,6 +319,9 @@ class ProbeRun:
     def __init__(self, model: onnx.ModelProto, feeds: list[dict], names: list[str]):
         self.sess, self.feeds, self.names = _probe_session(model, names), feeds, names
 
+    def __len__(self) -> int:
+        return len(self.feeds)
+
     def values(self, k: int) -> dict[str, np.ndarray]:
         try:
             return dict(zip(self.names, self.sess.run(self.names, self.feeds[k]), strict=True))
@@ -299,22 +333,15 @@ class ProbeRun:
 
 
 def capture_joint(
-    current: onnx.ModelProto,
-    original: onnx.ModelProto,
-    feeds: list[dict],
-    targets,
-    rows: dict | None = None,
-    runs: tuple | None = None,
+    runs: tuple, targets, rows: dict | None = None
 ) -> dict[tuple[str, int], JointStats]:
-    """Run both models on every feed and stream, per ``(tensor name, axis)`` present in both,
-    the moments tying the current model's activation to the original's (``JointStats``;
-    ``rows`` maps a target to the rows of its Grams to hold). ``runs``: the two models'
-    runs giving the targets' tensors (``ProbeRun`` by default)."""
+    """Stream, per ``(tensor name, axis)`` of ``targets``, the moments tying the current
+    model's activation to the original's (``JointStats``; ``rows`` maps a target to the
+    rows of its Grams to hold). ``runs``: the current model's run and the original's, each
+    giving the targets' tensors on every feed (``ProbeRun`` or ``staged.StagedRun``)."""
     targets = sorted(set(targets))
-    names = sorted({n for n, _ in targets})
-    runs = runs or (ProbeRun(current, feeds, names), ProbeRun(original, feeds, names))
     out: dict[tuple[str, int], JointStats] = {}
-    for k in range(len(feeds)):
+    for k in range(len(runs[0])):
         cur, orig = (r.values(k) for r in runs)
         for name, axis in targets:
             st = out.setdefault((name, axis), JointStats(rows=(rows or {}).get((name, axis))))
@@ -324,25 +351,16 @@ def capture_joint(
     return out
 
 
-def capture_rows(
-    current: onnx.ModelProto,
-    original: onnx.ModelProto,
-    feeds: list[dict],
-    names: tuple[list[str], list[str]],
-    limit: int,
-    runs: tuple | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Raw rows (features on the last axis) of ``names[0]`` in ``current`` and ``names[1]``
-    in ``original``, both run on every feed; the same positions in every tensor. At most
-    about ``limit`` rows are kept: when more arrive, every other row is dropped and the
-    stride doubles, so the rows stay spread over all the batches and memory stays bounded.
-    ``runs``: the two models' runs giving those names (``ProbeRun`` by default)."""
-    runs = runs or tuple(
-        ProbeRun(m, feeds, ns) for m, ns in zip((current, original), names, strict=True)
-    )
+def capture_rows(runs: tuple, limit: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Raw rows (features on the last axis) of what each of ``runs`` (the current model's
+    and the original's, ``ProbeRun`` or ``staged.StagedRun``) gives on every feed; the same
+    positions in every tensor. At most about ``limit`` rows are kept: when more arrive,
+    every other row is dropped and the stride doubles, so the rows stay spread over all
+    the batches and memory stays bounded."""
+    names = [r.names for r in runs]
     rows: list[dict[str, list[np.ndarray]]] = [{n: [] for n in ns} for ns in names]
     stride, seen, kept = 1, 0, 0  # rows kept: global positions that are multiples of stride
-    for k in range(len(feeds)):
+    for k in range(len(runs[0])):
         values = [r.values(k) for r in runs]
         flats = [{n: v.reshape(-1, v.shape[-1]) for n, v in side.items()} for side in values]
         counts = {len(f) for side in flats for f in side.values()}

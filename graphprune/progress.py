@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 #: called as ``listener(name)`` when a stage starts
 LISTENERS: list[Callable[[str], None]] = []
@@ -22,3 +24,13 @@ def advance(step: str, done: int, total: int) -> None:
     """``done`` of ``total`` items of ``step`` ("calibration", "knockout", ...) finished."""
     for listener in BAR_LISTENERS:
         listener(step, done, total)
+
+
+@contextmanager
+def timed(times: dict[str, float], key: str) -> Iterator[None]:
+    """Add the seconds the ``with`` body takes to ``times[key]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        times[key] = times.get(key, 0.0) + time.perf_counter() - start

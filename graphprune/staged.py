@@ -19,59 +19,24 @@ import logging
 
 import numpy as np
 import onnx
-from onnx import helper
 
-from .calibration import _copy_field, chunk_budget
+from .calibration import _probe_session, chunk_budget, needed_nodes, node_reads, producers
 from .errors import CalibrationError
-from .validate import session
 
 log = logging.getLogger(__name__)
-
-
-def _producers(graph: onnx.GraphProto) -> dict[str, int]:
-    return {o: k for k, n in enumerate(graph.node) for o in n.output if o}
-
-
-def _reads(node: onnx.NodeProto) -> list[str]:
-    """Every name ``node`` reads, outer-scope reads of its subgraphs included."""
-    out = list(node.input)
-    for attr in node.attribute:
-        for sub in [attr.g, *attr.graphs]:
-            out.extend(i for n in sub.node for i in n.input)
-    return [i for i in out if i]
-
-
-def _walk_back(graph, producer, names, stop) -> tuple[set[int], set[str]]:
-    """The nodes ``names`` need, not looking past ``stop``; and the stop names reached."""
-    nodes, reached, seen, todo = set(), set(), set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        if name in stop:
-            reached.add(name)
-            continue
-        k = producer.get(name)
-        if k is None or k in nodes:
-            continue
-        nodes.add(k)
-        todo.extend(_reads(graph.node[k]))
-    return nodes, reached
 
 
 def _downstream(graph, seeds: set[str]) -> set[str] | None:
     """Names computed from ``seeds`` (included), or from any weight a node writing a seed
     reads (a shared weight changes every reader); None where a seed is not in the graph."""
-    producer = _producers(graph)
+    producer = producers(graph)
     if any(s not in producer for s in seeds):
         return None
     inits = {t.name for t in graph.initializer}
     changed = {i for s in seeds for i in graph.node[producer[s]].input if i in inits}
     tainted = set(seeds)
     for n in graph.node:  # graph order is topological
-        reads = _reads(n)
-        if any(i in tainted or i in changed for i in reads):
+        if any(i in tainted or i in changed for i in node_reads(n)):
             tainted.update(o for o in n.output if o)
     return tainted
 
@@ -96,19 +61,15 @@ class StagedRuns:
         applied, none of its own), that gives ``names`` on each feed; call its
         ``values(k)`` for every feed ``k`` in order, then ``finish()``."""
         graph = model.graph
-        producer = _producers(graph)
-        held = self._held_names() if self.enabled else set()
-        nodes, starts = _walk_back(graph, producer, names, held)
+        producer = producers(graph)
+        held = set(self.held[0]) if self.enabled and self.held else set()
+        nodes, starts = needed_nodes(graph, names, held, producer)
         keep = self._to_keep(graph, producer, wave, nodes, held)
         outputs = sorted((set(names) | keep) - held)
-        sess = self._session(model, nodes, starts, outputs) if outputs else None
+        dtypes = {n: self.held[0][n].dtype for n in starts}
+        sess = _probe_session(model, outputs, dtypes) if outputs else None
         log.debug("staged run of wave %d: %d of %d nodes", wave, len(nodes), len(graph.node))
-        run = StagedRun(self, sess, outputs, names, keep)
-        run.node_count = len(nodes)
-        return run
-
-    def _held_names(self) -> set[str]:
-        return set(self.held[0]) if self.held else set()
+        return StagedRun(self, sess, outputs, names, keep, len(nodes))
 
     def _to_keep(self, graph, producer, wave, nodes, held) -> set[str]:
         """Values computed by this run or held from earlier ones that no later change
@@ -120,41 +81,21 @@ class StagedRuns:
             self.enabled = False
             return set()
         computed = {o for k in nodes for o in graph.node[k].output if o} | held
-        valid = computed - tainted
         later = [n for t in self.targets[wave + 1 :] for n in t]
-        _, reached = _walk_back(graph, producer, later, valid)
-        return reached
-
-    def _session(self, model, nodes, starts, outputs):
-        """A session running just ``nodes``, fed by the graph's inputs and the held
-        ``starts``."""
-        graph = model.graph
-        sub = onnx.ModelProto()
-        for desc, value in model.ListFields():
-            if desc.name != "graph":
-                _copy_field(sub, desc, value)
-        sub.graph.name = graph.name
-        kept = [graph.node[k] for k in sorted(nodes)]
-        reads = {i for n in kept for i in _reads(n)} | set(outputs)
-        sub.graph.node.extend(kept)
-        sub.graph.input.extend(i for i in graph.input if i.name in reads and i.name not in starts)
-        for name in sorted(starts):
-            elem = helper.np_dtype_to_tensor_dtype(self.held[0][name].dtype)
-            sub.graph.input.append(helper.make_tensor_value_info(name, elem, None))
-        sub.graph.initializer.extend(t for t in graph.initializer if t.name in reads)
-        sub.graph.value_info.extend(v for v in graph.value_info if v.name not in starts)
-        sub.graph.output.extend(onnx.ValueInfoProto(name=n) for n in outputs)
-        return session(sub)
+        return needed_nodes(graph, later, computed - tainted, producer)[1]
 
 
 class StagedRun:
     """One model's run over the feeds, keeping what later runs start from."""
 
-    def __init__(self, runs: StagedRuns, sess, outputs: list[str], names, keep: set[str]):
+    def __init__(self, runs: StagedRuns, sess, outputs, names, keep: set[str], node_count: int):
         self.runs, self.sess, self.outputs, self.names, self.keep = runs, sess, outputs, names, keep
         self.inputs = [i.name for i in sess.get_inputs()] if sess is not None else []
         self.new_held: list[dict] = []
-        self.node_count = 0  # nodes this run computes
+        self.node_count = node_count  # nodes this run computes
+
+    def __len__(self) -> int:
+        return len(self.runs.feeds)
 
     def values(self, k: int) -> dict[str, np.ndarray]:
         """``{name: value}`` on feed ``k`` (feeds in order)."""
@@ -177,7 +118,4 @@ class StagedRun:
         if size > runs.budget:
             log.info("staged runs: held values (%d bytes) over the budget; runs start over", size)
             runs.enabled = False
-            self.new_held = []
-        runs.held = (
-            self.new_held if len(self.new_held) == len(runs.feeds) else [{} for _ in runs.feeds]
-        )
+        runs.held = self.new_held if runs.enabled else [{} for _ in runs.feeds]

@@ -204,24 +204,29 @@ def lsq_updates(
                 fitted[id(c)] = lsq_fit(c, st, np.arange(len(st.mean)), removal, damping)
     if fitted:
         log.info("lsq: %d consumers fitted from the criterion's Gram matrices", len(fitted))
-    if not refits:
-        return [fitted[id(c)] for c in removal.analysis.contractions if id(c) in fitted]
+    if refits:
+        fitted.update(_fit_streamed(refits, removal, model, feeds, damping, budget))
+    return [fitted[id(c)] for c in removal.analysis.contractions if id(c) in fitted]
+
+
+def _fit_streamed(refits, removal, model, feeds, damping, budget) -> dict[int, Update]:
+    """lsq fits of ``refits`` from their kept Gram rows, captured a chunk at a time."""
     rows = {
         t: np.unique(np.concatenate([_kept(c, removal) for c in cs])) for t, cs in refits.items()
     }
     order = layer_order(model, refits)
     costs = target_costs(model, feeds, order, gram=rows)
     plan = chunks(order, costs, chunk_budget() if budget is None else budget)
-    done = 0
-    for chunk, acts in capture_chunks(model, feeds, plan, gram=rows):
+    fitted, done = {}, 0
+    for chunk, captured in capture_chunks(model, feeds, plan, gram=rows):
         for t in chunk:
-            st = acts.get(*t)
+            st = captured.get(*t)
             for c in refits[t]:
                 fitted[id(c)] = lsq_fit(c, st, rows[t], removal, damping)
         done += len(chunk)
         log.info("lsq: %d/%d inputs fitted (%d chunks)", done, len(order), len(plan))
-        del acts
-    return [fitted[id(c)] for c in removal.analysis.contractions if id(c) in fitted]
+        del captured
+    return fitted
 
 
 def add_to_weight(node: gs.Node, slot: int, delta: np.ndarray) -> None:

@@ -29,7 +29,6 @@ started from them stayed below one-shot lsq.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +39,7 @@ from onnx import helper, numpy_helper
 from graphprune.analysis.context import tensor_shape
 from graphprune.calibration import capture_rows, session
 from graphprune.depth import residual_path
+from graphprune.progress import timed
 
 from .reconstruct import Update, full_delta
 from .removal import Removal
@@ -84,12 +84,9 @@ class MlpBlock:
     residual: str | None  # the residual stream the consumer's output is added to
 
     @property
-    def producer(self) -> gs.Node:
-        return self.producers[0].node
-
-    @property
-    def z(self) -> gs.Tensor:
-        return self.producers[0].z
+    def x(self) -> gs.Tensor:
+        """The input every producer reads."""
+        return self.producers[0].node.inputs[0]
 
 
 def _linear(node: gs.Node):
@@ -337,7 +334,7 @@ def capture_names(blocks: list[tuple]) -> tuple[list[str], list[str]]:
     cur_names, orig_names = [], []
     for c, b, _up in blocks:
         extra = [b.residual] if b.residual else []
-        cur_names += [b.producers[0].node.inputs[0].name, *extra]
+        cur_names += [b.x.name, *extra]
         orig_names += [c.node.outputs[0].name, *extra]
     return sorted(set(cur_names)), sorted(set(orig_names))
 
@@ -345,28 +342,24 @@ def capture_names(blocks: list[tuple]) -> tuple[list[str], list[str]]:
 def block_updates(
     blocks: list[tuple],
     removal: Removal,
-    current: onnx.ModelProto,
     original: onnx.ModelProto,
-    feeds: list[dict],
     earlier: list[Update],
-    runs: tuple | None = None,
-    times: dict | None = None,
+    runs: tuple,
+    times: dict,
 ) -> list[Update]:
     """Refine each ``(contraction, block, lsq update of the contraction)`` of one wave;
-    the updates of the consumer (replacing lsq's) and of the producer. ``earlier``: the
+    the updates of the consumer (replacing lsq's) and of the producers. ``earlier``: the
     updates already made, a producer's own refit (as the consumer of an earlier layer's
-    removed units) among them: refinement starts from it. ``runs``: the two models' runs
-    giving ``capture_names(blocks)`` (``calibration.capture_rows``). ``times`` gathers
-    the seconds of the capture and of the refinement."""
-    times = {} if times is None else times
-    t0 = time.perf_counter()
-    cur, orig = capture_rows(current, original, feeds, capture_names(blocks), ROWS, runs)
-    times["capture"] = times.get("capture", 0.0) + time.perf_counter() - t0
+    removed units) among them: refinement starts from it. ``runs``: the model pruned so
+    far's run and the original's, giving ``capture_names(blocks)``. ``times`` gathers the
+    seconds of the capture and of the refinement."""
+    with timed(times, "capture"):
+        cur, orig = capture_rows(runs, ROWS)
     opset = list(original.opset_import)
     out = []
     for c, b, up in blocks:
         kept = np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim))
-        x_in = b.producers[0].node.inputs[0]
+        x_in = b.x
         gone = removal.removed(x_in, len(tensor_shape(x_in) or (0,)) - 1)
         rows = np.setdiff1d(np.arange(b.producers[0].w.shape[0]), gone)
         starts = [_start(p, earlier, removal) for p in b.producers]
@@ -385,11 +378,10 @@ def block_updates(
         target = orig[c.node.outputs[0].name] - b.own_bias.astype(np.float32)
         if b.residual:
             target = target + orig[b.residual] - cur[b.residual]
-        dtype = b.z.dtype or np.float32
         x = np.ascontiguousarray(cur[x_in.name][:, rows])
-        t0 = time.perf_counter()
-        before, after = refine(x, target, params, _activation(b, opset, dtype), EPOCHS, STEP)
-        times["refine"] = times.get("refine", 0.0) + time.perf_counter() - t0
+        with timed(times, "refine"):
+            f = _activation(b, opset, b.producers[0].z.dtype or np.float32)
+            before, after = refine(x, target, params, f, EPOCHS, STEP)
         log.info("block: %s held-out error %.4g -> %.4g", c.node.name, before, after)
         fitted = [p.astype(np.float64) for p in params]
         for i, (p, (w_now, b_now)) in enumerate(zip(b.producers, starts, strict=True)):

@@ -14,14 +14,13 @@ makes, applied by the ``Reconstruct`` pass.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from graphprune.calibration import capture_joint
-from graphprune.progress import advance
+from graphprune.progress import advance, timed
 from graphprune.staged import StagedRuns
 
 from .mask_units import masked_graph
@@ -101,27 +100,20 @@ def layerwise_updates(
     blocks = [_blocks(wave, removal, given) for wave in runs]
     staged = _staged_runs(runs, blocks, feeds, given is not None)
     for k, wave in enumerate(runs):
-        current = gs.export_onnx(copy, do_type_check=False)
+        pair = None
+        if staged[0].targets[k]:  # the wave captures: the model pruned so far, exported
+            current = gs.export_onnx(copy, do_type_check=False)
+            models = (current, original)
+            pair = tuple(s.begin(m, k, s.targets[k]) for s, m in zip(staged, models, strict=True))
         if given is None:
-            names = sorted({c.act.tensor for c in wave})
-            pair = tuple(
-                s.begin(m, k, names) for s, m in zip(staged, (current, original), strict=True)
-            )
-            fitted = _regressions(wave, removal, current, original, feeds, damping, pair, times)
+            fitted = _regressions(wave, removal, damping, pair, times)
             wave_updates = [up for _, up in fitted]
         else:
             found = blocks[k]
             done = {id(c) for c, _, _ in found}
             wave_updates = [given[id(c.node)] for c in wave if id(c) not in done]
             if found:
-                names = capture_names(found)
-                pair = tuple(
-                    s.begin(m, k, ns)
-                    for s, m, ns in zip(staged, (current, original), names, strict=True)
-                )
-                wave_updates += block_updates(
-                    found, removal, current, original, feeds, out, pair, times
-                )
+                wave_updates += block_updates(found, removal, original, out, pair, times)
         for up in wave_updates:
             _apply_full_size(copy, node_map[id(up.node)], up, removal)
         out += wave_updates
@@ -155,7 +147,7 @@ def _staged_runs(runs: list[list], blocks: list[list], feeds: list[dict], block_
     return StagedRuns(feeds, changes, cur_targets), StagedRuns(feeds, changes, orig_targets)
 
 
-def _regressions(wave, removal, current, original, feeds, damping, runs, times) -> list[tuple]:
+def _regressions(wave, removal, damping, runs, times) -> list[tuple]:
     """lsq-seq: each consumer's original input regressed on the kept inputs ``current``
     delivers (``runs``: the two models' runs giving the consumers' inputs)."""
     kept = {id(c): np.setdiff1d(np.arange(c.dim.size), removal.of_dim(c.dim)) for c in wave}
@@ -163,10 +155,8 @@ def _regressions(wave, removal, current, original, feeds, damping, runs, times) 
     for c in wave:  # the kept inputs of every consumer reading the target
         t = (c.act.tensor, c.act.axis)
         rows[t] = np.union1d(rows.get(t, kept[id(c)]), kept[id(c)])
-    t0 = time.perf_counter()
-    stats = capture_joint(current, original, feeds, list(rows), rows, runs)
-    t1 = time.perf_counter()
-    times["capture"] = times.get("capture", 0.0) + t1 - t0
+    with timed(times, "capture"):
+        stats = capture_joint(runs, list(rows), rows)
     fitted = []
     for c in wave:
         st, k = stats[c.act.tensor, c.act.axis], kept[id(c)]
@@ -174,5 +164,4 @@ def _regressions(wave, removal, current, original, feeds, damping, runs, times) 
         cov, cov_xy = st.cov_x[np.ix_(at, at)], st.cov_xy[at]
         a, shift = regression(cov, cov_xy, st.mean_x[at], st.mean_y, k, damping, True)
         fitted.append((c, make_update(c, k, a, shift)))
-    times["fit"] = times.get("fit", 0.0) + time.perf_counter() - t1
     return fitted

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import numpy_helper
 
-from graphprune.calibration import capture_rows
+from graphprune.calibration import ProbeRun, capture_rows
 from graphprune.plan import GroupPlan, Plan
 from graphprune.prune import PruneOptions, analyze_model, prune_model
 from graphs import G
@@ -60,7 +60,8 @@ def _block(model):
 
 def test_finds_the_mlp_block_and_its_residual():
     block = _block(_residual_mlp())
-    assert block.producer.name and block.z.name == "z" and block.h.name == "h"
+    assert block.producers[0].node.name and block.producers[0].z.name == "z"
+    assert block.h.name == "h" and block.x.name == "x"
     assert sorted(n.op for n in block.region) == ["Add", "Div", "Erf", "Mul", "Mul"]
     assert block.residual == "x"
     (p,) = block.producers
@@ -121,7 +122,8 @@ def test_refine_follows_the_gradient():
 def test_capture_rows_keeps_aligned_positions_within_the_limit():
     model = _residual_mlp()
     feeds = _feeds(n=1000, batch=100)
-    cur, orig = capture_rows(model, model, feeds, (["x", "z"], ["x"]), limit=120)
+    runs = (ProbeRun(model, feeds, ["x", "z"]), ProbeRun(model, feeds, ["x"]))
+    cur, orig = capture_rows(runs, limit=120)
     x = np.concatenate([f["x"] for f in feeds])
     assert 120 <= len(cur["x"]) <= 240 and len(cur["z"]) == len(cur["x"]) == len(orig["x"])
     stride = len(x) // len(cur["x"])
