@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from graphprune.exporters.hf_export import minilm_dir  # noqa: E402
+from graphprune.options import ALLOCATIONS  # noqa: E402
 from graphprune.prune import PruneOptions, prune_model  # noqa: E402
 from models.transformer_zoo import build  # noqa: E402
 
@@ -51,6 +52,12 @@ CRITERIA = ("l1", "l2", "random", "activation", "wanda", "flap", "knockout", "ob
 QUICK_CRITERIA = ("l2", "flap", "obs")
 RECONSTRUCT = ("none", "bias", "lsq", "lsq-seq", "block")
 BASELINE = ("l2", "none")
+ALLOC_TAG = {"global": "--global", "sensitivity": "--sens"}
+#: fractions of MACs removed on the curve (``--curve``), and the targets at some of them
+#: (mean cosine, NN agreement or None)
+CURVE = (0.25, 0.5, 0.65)
+CURVE_TARGETS = {0.25: (0.95, None), 0.5: (0.87, 0.70)}
+LATENCY_LABEL = "latency (fraction of the original's, ONNX Runtime, 1 thread)"
 TARGET_COS, TARGET_NN = 0.92, 0.75
 _MODULES = (
     "argparse json textwrap collections logging email http.client unittest asyncio pathlib "
@@ -151,14 +158,17 @@ def accuracy(model, data) -> float:
     return float((logits.argmax(1) == data["labels"]).mean())
 
 
-def parse_only(specs: list[str]) -> list[tuple[str, str, bool]]:
-    """``CRIT:REC[:global]`` strings as (criterion, reconstruct, global) settings."""
+def parse_only(specs: list[str]) -> list[tuple[str, str, str]]:
+    """``CRIT:REC[:ALLOC]`` strings as (criterion, reconstruct, allocation) settings."""
     out = []
     for spec in specs:
         parts = spec.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "global"):
-            raise SystemExit(f"--only {spec}: expected CRIT:REC or CRIT:REC:global")
-        out.append((parts[0], parts[1], len(parts) == 3))
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ALLOCATIONS[1:]):
+            raise SystemExit(
+                f"--only {spec}: expected CRIT:REC or CRIT:REC:ALLOC, ALLOC one of "
+                + ", ".join(ALLOCATIONS[1:])
+            )
+        out.append((parts[0], parts[1], parts[2] if len(parts) == 3 else "uniform"))
     return out
 
 
@@ -173,94 +183,188 @@ def stage_times(res) -> str:
     return "    stages (s): " + ", ".join(parts)
 
 
-def run_minilm(quick: bool, n_cal: int, only: list | None = None) -> tuple:
-    from transformers import AutoTokenizer
+class MiniLM:
+    """The MiniLM half of the benchmark: the model, its calibration and evaluation text,
+    and the original's embeddings; ``prune`` runs one setting and prints its row."""
 
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
-    n_cal, n_eval = (32, 64) if quick else (n_cal, 200)
-    seen: set = set()
-    cal = spread(sentences(calib_texts(), seen), n_cal)
-    ev = spread(sentences(eval_texts(), seen), n_eval)  # `seen` keeps calib text out of eval
-    print(
-        f"calibration: {len(cal)} sentences from docstrings of {len(CALIB_MODULES)} stdlib modules"
-    )
-    print(
-        f"evaluation:  {len(ev)} sentences from sklearn/datasets/descr/*.rst (+ numpy docstrings)"
-    )
-    cal_feeds, ev_feeds = encode(tokenizer, cal, by_length=True), encode(tokenizer, ev)
-    path = build("minilm", "torchscript", True)
-    ref = embed(path.read_bytes(), ev_feeds)
-    ref_nn = nearest(ref)
-
-    print(f"\nMiniLM, 50% heads + 50% MLP neurons ({len(ev)} eval sentences)")
-    print(
+    HEADER = (
         f"{'criterion':<16}{'reconstruct':<12}{'mean cos':>9}{'NN agree':>9}{'MACs':>7}"
         f"{'parity':>13}{'mask':>7}{'time s':>8}"
     )
-    rows = {}
 
-    def setting(crit: str, rec: str, global_rank: bool = False) -> None:
+    def __init__(self, quick: bool, n_cal: int):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+        n_cal, n_eval = (32, 64) if quick else (n_cal, 200)
+        seen: set = set()
+        cal = spread(sentences(calib_texts(), seen), n_cal)
+        ev = spread(sentences(eval_texts(), seen), n_eval)  # `seen` keeps calib out of eval
+        print(
+            f"calibration: {len(cal)} sentences from docstrings of {len(CALIB_MODULES)} "
+            "stdlib modules"
+        )
+        print(
+            f"evaluation:  {len(ev)} sentences from sklearn/datasets/descr/*.rst "
+            "(+ numpy docstrings)"
+        )
+        self.cal_feeds = encode(tokenizer, cal, by_length=True)
+        self.ev_feeds = encode(tokenizer, ev)
+        self.path = build("minilm", "torchscript", True)
+        self.ref = embed(self.path.read_bytes(), self.ev_feeds)
+        self.ref_nn = nearest(self.ref)
+        self.n_eval = len(ev)
+        #: (criterion, reconstruct, allocation, MACs kept asked) -> (cos, NN)
+        self.rows: dict[tuple, tuple[float, float]] = {}
+
+    def prune(self, crit, rec, alloc="uniform", keep=None, times=False):
+        """One prune, its row printed; returns (result, cos, NN), or None if it failed."""
         t0 = time.perf_counter()
+        out = None
         try:
             opts = PruneOptions(
                 ratio=0.0,
                 ratios={"head": 0.5, "neuron": 0.5},
                 criterion=crit,
                 reconstruct=rec,
-                calib=cal_feeds,
-                global_rank=global_rank,
+                calib=self.cal_feeds,
+                allocate=alloc,
+                target_macs=keep,
                 parity=True,
             )
-            res = prune_model(str(path), opts)
-            emb = embed(res.model.SerializeToString(), ev_feeds)
-            cos = float((emb * ref).sum(1).mean())
-            nn = float((nearest(emb) == ref_nn).mean())
+            res = prune_model(str(self.path), opts)
+            emb = embed(res.model.SerializeToString(), self.ev_feeds)
+            cos = float((emb * self.ref).sum(1).mean())
+            nn = float((nearest(emb) == self.ref_nn).mean())
             macs = res.after["macs"] / res.before["macs"]
             mask = res.parity.mask_check if res.parity.mask_check is not None else "-"
-            rows[crit, rec, global_rank] = (cos, nn)
-            times = stage_times(res) if only else ""
+            self.rows[crit, rec, alloc, keep] = (cos, nn)
+            out = (res, cos, nn)
             line = f"{cos:>9.4f}{nn:>9.3f}{macs:>7.2f}{res.parity.status:>13}{str(mask):>7}"
         except Exception as e:  # report every failing combination
             line = f"  ERROR {type(e).__name__}: {str(e).splitlines()[0][:140]}"
-            times = ""
-        tag = "  <- baseline" if (crit, rec) == BASELINE and not global_rank else ""
+        tag = "  <- baseline" if (crit, rec) == BASELINE and alloc == "uniform" else ""
         dt = time.perf_counter() - t0
-        name = f"{crit}{' --global' if global_rank else ''}"
+        name = crit + ("" if alloc == "uniform" else f" {ALLOC_TAG[alloc]}")
         print(
             f"{name:<16}{rec:<12}{line}{dt:>8.1f}{tag}"
-            if "ERROR" not in line
+            if out
             else f"{name:<16}{rec:<12}{line} ({dt:.1f}s){tag}",
             flush=True,
         )
-        if times:
-            print(times, flush=True)
+        if times and out:
+            print(stage_times(out[0]), flush=True)
+        return out
 
+
+def run_minilm(bench: MiniLM, quick: bool, only: list | None = None) -> tuple:
+    print(f"\nMiniLM, 50% heads + 50% MLP neurons ({bench.n_eval} eval sentences)")
+    print(MiniLM.HEADER)
+    rows = bench.rows
     if only:
-        for crit, rec, global_rank in only:
-            setting(crit, rec, global_rank)
+        for crit, rec, alloc in only:
+            bench.prune(crit, rec, alloc, times=True)
         best = max(rows, key=lambda k: rows[k]) if rows else None
         return (best[:2], rows[best]) if best else (None, None)
     for crit in QUICK_CRITERIA if quick else CRITERIA:
         for rec in RECONSTRUCT:
-            setting(crit, rec)
+            bench.prune(crit, rec)
     if not rows:
         return None, None
     top = max(rows, key=lambda k: rows[k])[0]
     print(f"{top} with --global (half of all heads / neurons, not half per layer):")
     for rec in ("lsq", "block"):
-        setting(top, rec, global_rank=True)
+        bench.prune(top, rec, "global")
     best = max(rows, key=lambda k: rows[k])
     cos, nn = rows[best]
     ok = cos >= TARGET_COS and nn >= TARGET_NN
-    label = f"{best[0]} + {best[1]}{' --global' if best[2] else ''}"
+    label = f"{best[0]} + {best[1]}" + ("" if best[2] == "uniform" else f" {ALLOC_TAG[best[2]]}")
     print(
         f"best (by mean cos, then NN): {label}: cos {cos:.4f}, NN {nn:.3f}; "
         f"target cos >= {TARGET_COS}, NN >= {TARGET_NN}: {'REACHED' if ok else 'NOT reached'}"
     )
-    b = rows.get((*BASELINE, False))
+    b = rows.get((*BASELINE, "uniform", None))
     if b is not None:
         print(f"baseline {BASELINE[0]} + {BASELINE[1]}: cos {b[0]:.4f}, NN {b[1]:.3f}")
     return best[:2], rows[best]
+
+
+def speedup(original: Path, pruned, feed: dict) -> float:
+    """The pruned model's speedup over the original in ONNX Runtime, 1 thread, measured
+    interleaved in this run (``graphprune.bench.measure``)."""
+    from graphprune.bench import measure
+
+    table = measure([str(original), pruned], feed, threads=(1,), min_time_s=3.0)
+    return table.rows[1].speedup
+
+
+def run_curve(bench: MiniLM, settings: list[tuple[str, str, str]], plot: Path | None) -> None:
+    """Quality against measured speedup at each of ``CURVE``'s MACs removed, for
+    ``settings`` and the baseline, as a table and (with matplotlib) a plot."""
+    feed = bench.ev_feeds[0]  # 16 sentences padded to 128 tokens
+    print(
+        f"\nMiniLM curve: quality vs ONNX Runtime speedup (1 thread, batch "
+        f"{len(feed['input_ids'])} x {SEQ} tokens) at {', '.join(f'{f:.0%}' for f in CURVE)} "
+        "of MACs removed"
+    )
+    print(MiniLM.HEADER)
+    points = []
+    for removed in CURVE:
+        print(f"-- {removed:.0%} of MACs removed (--target-macs {1 - removed:g})")
+        for crit, rec, alloc in [(*BASELINE, "uniform"), *settings]:
+            got = bench.prune(crit, rec, alloc, keep=round(1 - removed, 4), times=True)
+            if got is None:
+                continue
+            res, cos, nn = got
+            fast = speedup(bench.path, res.model, feed)
+            print(f"    ONNX Runtime speedup: {fast:.2f}x", flush=True)
+            label = f"{crit} + {rec}" + ("" if alloc == "uniform" else f" {ALLOC_TAG[alloc]}")
+            points.append((removed, label, cos, nn, fast, res.after["macs"] / res.before["macs"]))
+    print(f"\n{'removed':>8} {'setting':<28}{'mean cos':>9}{'NN agree':>9}{'speedup':>9}")
+    for removed, label, cos, nn, fast, _ in points:
+        print(f"{removed:>8.0%} {label:<28}{cos:>9.4f}{nn:>9.3f}{fast:>8.2f}x")
+    for removed, goal in CURVE_TARGETS.items():
+        best = max((p for p in points if p[0] == removed), key=lambda p: p[2], default=None)
+        if best:
+            cos_goal, nn_goal = goal
+            ok = best[2] >= cos_goal and (nn_goal is None or best[3] >= nn_goal)
+            want = f"cos >= {cos_goal}" + (f", NN >= {nn_goal}" if nn_goal else "")
+            print(
+                f"target at {removed:.0%} removed ({want}): best {best[1]} "
+                f"{best[2]:.4f} / {best[3]:.3f}: {'REACHED' if ok else 'NOT reached'}"
+            )
+    if plot is not None:
+        draw_curve(points, plot)
+
+
+def draw_curve(points: list, plot: Path) -> None:
+    """The curve with ``graphprune sweep``'s plot: quality (mean cosine) against latency
+    (1 / speedup, as a fraction of the original's) and against MACs kept."""
+    try:
+        from graphprune.plot import render
+    except ImportError as e:
+        print(f"no plot: {e}")
+        return
+    rows = [{"id": "original", "status": "ok", "quality": 1.0, "latency_ms": 1.0, "macs_kept": 1.0}]
+    for k, (_removed, label, cos, _nn, fast, macs) in enumerate(points):
+        rows.append(
+            {
+                "id": f"p{k}",
+                "status": "ok",
+                "series": label,
+                "quality": cos,
+                "latency_ms": 1.0 / fast,
+                "macs_kept": macs,
+            }
+        )
+    try:
+        fig = render(rows, "MiniLM, mean cosine to the original", latency_label=LATENCY_LABEL)
+    except ImportError as e:
+        print(f"no plot: matplotlib is not installed ({e})")
+        return
+    plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(plot, dpi=150)
+    print(f"plot: {plot}")
 
 
 def run_digits(best) -> None:
@@ -294,8 +398,19 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer sentences and criteria")
     ap.add_argument("--calib-sentences", type=int, default=256, metavar="N")
     ap.add_argument(
-        "--only", action="append", default=[], metavar="CRIT:REC[:global]",
-        help="run only these MiniLM settings (repeatable), with the time of each stage",
+        "--only", action="append", default=[], metavar="CRIT:REC[:ALLOC]",
+        help="run only these MiniLM settings (repeatable), with the time of each stage; "
+        "ALLOC: global or sensitivity",
+    )  # fmt: skip
+    ap.add_argument(
+        "--curve", action="store_true",
+        help="instead of the 50%% table: quality vs measured speedup at 25/50/65%% of MACs "
+        "removed, for the --only settings (default obs:block:global and "
+        "obs:block:sensitivity) and l2 + none",
+    )  # fmt: skip
+    ap.add_argument(
+        "--plot", type=Path, default=ROOT / "docs" / "quality_curve.png", metavar="PNG",
+        help="where --curve draws its plot (default docs/quality_curve.png)",
     )  # fmt: skip
     ap.add_argument("--no-digits", action="store_true", help="skip the digits CNN")
     ap.add_argument("--no-minilm", action="store_true", help="skip MiniLM")
@@ -303,9 +418,12 @@ def main() -> None:
     only = parse_only(args.only)
     t0 = time.perf_counter()
     best = None
-    if not args.no_minilm:
-        best, _ = run_minilm(args.quick, args.calib_sentences, only)
-    if not args.no_digits:
+    if args.curve:
+        settings = only or [("obs", "block", "global"), ("obs", "block", "sensitivity")]
+        run_curve(MiniLM(args.quick, args.calib_sentences), settings, args.plot)
+    elif not args.no_minilm:
+        best, _ = run_minilm(MiniLM(args.quick, args.calib_sentences), args.quick, only)
+    if not args.no_digits and not args.curve:
         run_digits(best)
     print(f"\ntotal {time.perf_counter() - t0:.1f}s")
 

@@ -14,7 +14,10 @@ the chosen one becomes a ``Plan``. The strategies:
   unit-by-unit refinement where the bisection is too coarse, to within 2%;
 - a latency budget (``--target-speedup`` / ``--target-latency``): the same search, each
   candidate priced by the latency model measured in ONNX Runtime (``graphprune.latency``),
-  to within 2% of the predicted latency.
+  to within 2% of the predicted latency;
+- sensitivity (``--allocate sensitivity``): the ranked strategies above, over the loss per
+  MAC (or parameter) each unit's removal measurably causes (``graphprune.sensitivity``)
+  instead of over normalised scores.
 
 The ``--hidden`` width and dropped blocks (depth) are fixed parts of every candidate.
 """
@@ -45,6 +48,11 @@ def n_remove(units: int, ratio: float, round_to: int = 1, min_keep: int = 1) -> 
     return units - keep
 
 
+def _finite_max(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if len(finite) else 0.0
+
+
 class Allocator:
     def __init__(
         self,
@@ -73,13 +81,36 @@ class Allocator:
                 )
         self.free = [g for g in self.prunable if g.id not in self.fixed]
         self._cost: CostModel | None = None
+        #: the upper end of a ranked threshold's bisection (normalised scores average 1)
+        self.top = 10.0
+        #: group id -> [(units removed, measured loss), ...] (``use_sensitivity``)
+        self.sensitivity: dict[int, list] = {}
+
+    def use_sensitivity(self, curves: dict[int, list]) -> None:
+        """Rank units by the measured loss of removing them per unit of what the budget
+        counts (``graphprune.sensitivity``) instead of by normalised score; the order
+        within each group stays the score order."""
+        from .sensitivity import rates
+
+        budget = self.opts.budget
+        what = None if budget is None else ("params" if budget[0] == "params" else "macs")
+        full = self.price({}, what) if what else 0.0
+        for g in self.free:
+            cost = full - self.price({g.id: 1}, what) if what else 1.0
+            per_rank = rates(curves[g.id], g.units, cost)
+            by_unit = np.empty(g.units)
+            by_unit[self.order[g.id]] = per_rank
+            self.normalised[g.id] = by_unit
+        if self.free:
+            self.top = 1.0 + max(_finite_max(self.normalised[g.id]) for g in self.free)
+        self.sensitivity = curves
 
     # -- strategies -----------------------------------------------------------------------
     def plan(self) -> Plan:
         o = self.opts
         if o.budget is not None:
             return self.to_plan(self.for_budget(*o.budget))
-        if o.global_rank:
+        if o.ranked:
             return self.to_plan(self.kind_global(o.base_ratio, o.ratios))
         return self.to_plan(self.uniform(o.base_ratio, o.ratios))
 
@@ -112,7 +143,7 @@ class Allocator:
                 continue
             goal = r * sum(g.units for g in own)
             lo = 0.0
-            hi = 1.0 + max(float(np.max(self.normalised[g.id])) for g in own)
+            hi = 1.0 + max(_finite_max(self.normalised[g.id]) for g in own)
             best, best_err = {}, goal
             for _ in range(60):  # the threshold whose removal count is nearest the goal
                 mid = (lo + hi) / 2
@@ -142,14 +173,14 @@ class Allocator:
         top = max([o.base_ratio, *o.ratios.values(), 1e-9])
 
         def make(x: float) -> Counts:
-            if o.global_rank:
+            if o.ranked:
                 return {**self.fixed, **self.threshold(x, self.free)}
             scaled = {k: min(v * x, 0.999) for k, v in o.ratios.items()}
             return self.uniform(min(o.base_ratio * x, 0.999), scaled)
 
         if what == "latency" and target >= 1:  # met as it is (outcome says so: exit 8)
             return make(0.0)
-        lo, hi = 0.0, (10.0 if o.global_rank else 1.0 / top)
+        lo, hi = 0.0, (self.top if o.ranked else 1.0 / top)
         best = make(lo)
         best_err = abs(self.price(best, what) / full - target)
         above = best  # the least-pruned candidate seen that still keeps more than the target
@@ -203,8 +234,9 @@ class Allocator:
             candidates = []  # the next unit of every group, by score
             for g in self.free:
                 k = current.get(g.id, 0)
-                if g.units - k > min_keep:
-                    candidates.append((self.normalised[g.id][self.order[g.id][k]], g.id))
+                rate = self.normalised[g.id][self.order[g.id][k]] if k < g.units else np.inf
+                if g.units - k > min_keep and np.isfinite(rate):
+                    candidates.append((rate, g.id))
             for _, gid in sorted(candidates):
                 trial = {**current, gid: current.get(gid, 0) + 1}
                 if self.price(trial, what) >= floor:
@@ -264,6 +296,12 @@ class Allocator:
     def to_plan(self, counts: Counts) -> Plan:
         o = self.opts
         plan = Plan(criterion=o.criterion, ratio=o.base_ratio, ratios=dict(o.ratios), gqa=o.gqa)
+        if self.sensitivity:
+            groups = self.analysis.groups
+            plan.sensitivity = {
+                groups[gid].key: [[int(k), round(float(v), 8)] for k, v in points]
+                for gid, points in self.sensitivity.items()
+            }
         if o.budget is not None:
             plan.budget = {"what": o.budget[0], "keep": o.budget[1]}
             if o.budget[0] in ("latency", "latency_ms"):

@@ -27,6 +27,8 @@ KIND_FLAGS = {"heads": "head", "mlp": "neuron", "channels": "channel", "recurren
 #: every group kind a rule can give (``OpRule.unit_kind``, heads, or "other")
 GROUP_KINDS = (*KIND_FLAGS.values(), "other")
 QUANTIZE_MODES = ("none", "dynamic", "static")
+#: how units are shared out between groups (``graphprune.allocate``)
+ALLOCATIONS = ("uniform", "global", "sensitivity")
 EMIT_FORMATS = ("onnx", "ort")
 GQA_MODES = {
     "kv": "a unit is one KV head with its query heads (whole KV groups go)",
@@ -144,6 +146,15 @@ OPTIONS: tuple[Option, ...] = (
         "group: each kind loses its ratio of all its units, wherever they score lowest; with a "
         "target, one threshold over every unit",
         action="store_true",
+    ),
+    Option(
+        "allocate",
+        "--allocate",
+        "how units are shared out between groups: uniform (the default: each group its "
+        "ratio), global (as --global), sensitivity (needs --calib: each group's loss at a few "
+        "widths is measured in ONNX Runtime, and units go where the loss per MAC, or per "
+        "parameter with --target-params, is lowest)",
+        choices=ALLOCATIONS,
     ),
     Option(
         "round_to",
@@ -352,7 +363,8 @@ class PruneOptions:
     target_params: float | None = None
     target_speedup: float | None = None  # > 1
     target_latency: float | None = None  # ms, 1 thread
-    global_rank: bool = False
+    global_rank: bool = False  # the same as allocate="global"
+    allocate: str = "uniform"
     #: "auto": measured (graphprune.latency); None: auto with a latency target, else 1
     round_to: int | str | None = None
     min_keep: int = 1
@@ -427,6 +439,11 @@ class PruneOptions:
         if len(targets) > 1:
             raise UsageError(f"give one of {', '.join(targets)}, not several")
         self.global_rank = _bool("--global", self.global_rank)
+        self.allocate = _choice("--allocate", self.allocate or "uniform", ALLOCATIONS)
+        if self.global_rank and self.allocate == "sensitivity":
+            raise UsageError("--global and --allocate sensitivity: give one of them")
+        if self.global_rank or self.allocate == "global":
+            self.allocate, self.global_rank = "global", True
         if self.round_to is None:  # latency targets round to what the kernels run fastest
             latency = self.target_speedup is not None or self.target_latency is not None
             self.round_to = "auto" if latency else 1
@@ -490,6 +507,11 @@ class PruneOptions:
         return None
 
     @property
+    def ranked(self) -> bool:
+        """Units are ranked across groups (``--global`` or by measured sensitivity)."""
+        return self.allocate != "uniform"
+
+    @property
     def scoring(self) -> bool:
         """A plan is made here (not replayed), so the criterion runs."""
         return self.plan is None
@@ -500,6 +522,8 @@ class PruneOptions:
             return f"--criterion {self.criterion}"
         if RECONSTRUCTIONS[self.reconstruct].needs_calibration:
             return f"--reconstruct {self.reconstruct}"
+        if self.scoring and self.allocate == "sensitivity":
+            return "--allocate sensitivity"
         if self.quantize == "static":
             return "--quantize static"
         return ""

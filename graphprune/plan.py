@@ -39,6 +39,9 @@ class Plan:
     #: base_ms, predicted_ms, predicted_speedup, threads (and target_ms); ``--round-to
     #: auto`` adds "round_to", the multiple it resolved to
     budget: dict = field(default_factory=dict)
+    #: ``--allocate sensitivity``: group key -> [[units removed, measured loss], ...], the
+    #: loss being the relative squared change of the outputs with that group alone cut
+    sensitivity: dict = field(default_factory=dict)
     #: input sizes MACs and parity were taken at (a replay without --input-shape reuses them)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     version: int = PLAN_VERSION

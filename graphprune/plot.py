@@ -4,11 +4,15 @@ imported here only, when a plot is drawn."""
 
 from __future__ import annotations
 
+#: line colours of named series (rows with a "series" key), in order of appearance
+SERIES_COLOURS = ("#d1495b", "#00798c", "#edae49", "#30638e", "#6a4c93")
 
-def render(rows: list[dict], title: str):
+
+def render(rows: list[dict], title: str, latency_label: str = "latency (ms, median)"):
     """A figure of two panels for the sweep's ``rows`` (row dicts with ``quality``,
     ``latency_ms``, ``macs_kept``, ``pareto_latency``, ``pareto_macs``; id "original" is
-    the input model). Raises ImportError without matplotlib."""
+    the input model). Rows with a ``series`` name are drawn as one line per series (a
+    benchmark's curves) instead of grey points. Raises ImportError without matplotlib."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -26,7 +30,7 @@ def render(rows: list[dict], title: str):
     with plt.rc_context(style):
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), constrained_layout=True)
         panels = (
-            (axes[0], "latency_ms", "pareto_latency", "latency (ms, median)", "quality vs latency"),
+            (axes[0], "latency_ms", "pareto_latency", latency_label, "quality vs latency"),
             (
                 axes[1],
                 "macs_kept",
@@ -39,15 +43,30 @@ def render(rows: list[dict], title: str):
             pts = [r for r in ok if r.get(key) is not None]
             pruned = [r for r in pts if r["id"] != "original"]
             front = sorted((r for r in pts if r.get(mark)), key=lambda r: r[key])
-            ax.scatter(
-                [r[key] for r in pruned],
-                [r["quality"] for r in pruned],
-                s=28,
-                color="#9aa5b1",
-                alpha=0.85,
-                label="configuration",
-                zorder=2,
-            )
+            loose = [r for r in pruned if "series" not in r]
+            if loose:
+                ax.scatter(
+                    [r[key] for r in loose],
+                    [r["quality"] for r in loose],
+                    s=28,
+                    color="#9aa5b1",
+                    alpha=0.85,
+                    label="configuration",
+                    zorder=2,
+                )
+            names = list(dict.fromkeys(r["series"] for r in pruned if "series" in r))
+            for i, name in enumerate(names):
+                line = sorted((r for r in pruned if r.get("series") == name), key=lambda r: r[key])
+                ax.plot(
+                    [r[key] for r in line],
+                    [r["quality"] for r in line],
+                    "-s",
+                    color=SERIES_COLOURS[i % len(SERIES_COLOURS)],
+                    markersize=5,
+                    linewidth=1.6,
+                    label=name,
+                    zorder=3,
+                )
             if front:
                 ax.plot(
                     [r[key] for r in front],

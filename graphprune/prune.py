@@ -25,7 +25,7 @@ from graphprune.passes.refold_counts import RefoldCounts
 from graphprune.passes.removal import ComputeRemoval
 from graphprune.passes.slice_constants import SliceConstants
 
-from . import weights
+from . import sensitivity, weights
 from .allocate import Allocator
 from .analysis.groups import Analysis, analyze
 from .calibration import (
@@ -287,7 +287,11 @@ def _new_plan(model, analysis: Analysis, opts: PruneOptions, acts, feeds, shapes
     )
     drop = select_blocks(analysis, opts, model, feeds)
     opts, latency, auto = _latency_setup(model, analysis, opts, feeds, shapes)
-    plan = Allocator(analysis, scores, opts, [b.group for b in drop], latency).plan()
+    allocator = Allocator(analysis, scores, opts, [b.group for b in drop], latency)
+    if opts.allocate == "sensitivity":
+        stage("sensitivity")
+        allocator.use_sensitivity(sensitivity.measure(model, allocator, feeds))
+    plan = allocator.plan()
     if auto:  # --round-to auto: the multiple it resolved to
         plan.budget["round_to"] = opts.round_to
     return plan

@@ -8,11 +8,17 @@ reference shares the original's weights and parity costs no second copy of them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from graphprune import weights
+from graphprune.analysis.context import tensor_shape
+from graphprune.analysis.groups import Analysis
+from graphprune.analysis.space import Dim
+from graphprune.errors import PlanError
 
 from .base import Pass, PassContext, PassResult
 from .removal import Removal
@@ -55,17 +61,81 @@ def masked_graph(removal: Removal) -> tuple[gs.Graph, dict[int, gs.Node]]:
             vals[tuple(index)] = 0
             target.inputs[slot] = gs.Constant(f"{src.name}_masked{k}", vals)
         else:
-            shape = [1] * len(removal.old_shape(src))
-            shape[axis] = d.size
-            mask = np.ones(shape, dtype=np.float32)
+            shape = _mask_shape(len(removal.old_shape(src)), axis, d.size)
+            mask = np.ones(shape, dtype=_dtype(src))
             mask.reshape(-1)[idx] = 0
-            dtype = src.dtype if src.dtype is not None else np.float32
-            m_const = gs.Constant(f"{src.name}_unitmask{k}", mask.astype(dtype))
-            out = gs.Variable(f"{src.name}_masked{k}", dtype=src.dtype)
-            copy.nodes.append(gs.Node("Mul", inputs=[src, m_const], outputs=[out]))
-            target.inputs[slot] = out
+            _multiply(copy, target, slot, gs.Constant(f"{src.name}_unitmask{k}", mask), k)
     copy.cleanup(remove_unused_graph_inputs=False).toposort()
     return copy, node_map
+
+
+def _mask_shape(rank: int, axis: int, size: int) -> list[int]:
+    shape = [1] * rank
+    shape[axis] = size
+    return shape
+
+
+def _dtype(t: gs.Tensor):
+    if isinstance(t, gs.Constant):
+        return t.values.dtype
+    return t.dtype if t.dtype is not None else np.float32
+
+
+def _multiply(graph: gs.Graph, node: gs.Node, slot: int, mask: gs.Tensor, k: int) -> None:
+    """``node`` reads its input ``slot`` times ``mask`` (broadcast) instead."""
+    src = node.inputs[slot]
+    out = gs.Variable(f"{src.name}_masked{k}", dtype=_dtype(src))
+    graph.nodes.append(gs.Node("Mul", inputs=[src, mask], outputs=[out]))
+    node.inputs[slot] = out
+
+
+@dataclass
+class MaskSite:
+    """One contraction point of a switchable-mask model: the graph input that multiplies
+    it, and its shape (the dim's size on its axis, 1 elsewhere)."""
+
+    name: str
+    dim: Dim
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def switchable_masks(analysis: Analysis, dims) -> tuple[onnx.ModelProto, list[MaskSite]]:
+    """A copy of the model in which every contraction point of ``dims`` is multiplied by
+    a mask fed as a graph input, so that one ONNX Runtime session runs the model with any
+    units of those dims removed (``mask_feeds``). Weights are multiplied too, not copied."""
+    graph = analysis.graph
+    copy = graph.copy()
+    node_map = {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
+    wanted = {id(d) for d in dims}
+    sites = []
+    for k, (node, slot, axis, d, _) in enumerate(analysis.contractions):
+        if id(d) not in wanted:
+            continue
+        src = node.inputs[slot]  # the original's: its shape is known
+        shape = tensor_shape(src)
+        if shape is None:
+            raise PlanError(f"{src.name}: rank unknown, its units cannot be masked")
+        site = MaskSite(
+            f"__unit_mask{k}", d, tuple(_mask_shape(len(shape), axis, d.size)), _dtype(src)
+        )
+        sites.append(site)
+        mask = gs.Variable(site.name, dtype=site.dtype, shape=list(site.shape))
+        _multiply(copy, node_map[id(node)], slot, mask, k)
+        copy.inputs.append(mask)
+    copy.cleanup(remove_unused_graph_inputs=False).toposort()
+    weights.prepare_export(copy, own=False)
+    return gs.export_onnx(copy, do_type_check=False), sites
+
+
+def mask_feeds(analysis: Analysis, sites: list[MaskSite], labels_removed) -> dict:
+    """The mask inputs of ``switchable_masks``'s model that remove ``labels_removed``."""
+    gone = np.isin(analysis.labels, labels_removed)
+    out = {}
+    for s in sites:
+        keep = ~gone[s.dim.base : s.dim.base + s.dim.size]
+        out[s.name] = keep.astype(s.dtype).reshape(s.shape)
+    return out
 
 
 class MaskReference(Pass):

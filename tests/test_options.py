@@ -36,6 +36,7 @@ CASES = {
     "--target-speedup": ("2", "0.5", ()),
     "--target-latency": ("1.5", "-3", ()),
     "--global": (None, None, ()),
+    "--allocate": ("global", "sometimes", ()),
     "--round-to": ("8", "0", ()),
     "--min-keep": ("2", "1.5", ()),
     "--exclude": ("conv1*", None, ()),
