@@ -21,8 +21,17 @@
 
 Run: ``python benchmarks/bench_quality.py [--quick] [--calib-sentences N]`` (default 256
 calibration and 200 eval sentences; ``--quick``: 32 and 64, and only l2/flap/obs).
-``--only CRIT:REC[:global]`` (repeatable) runs just those MiniLM settings, and prints the
-time of each stage and pass of each; ``--no-digits`` / ``--no-minilm`` skip a part.
+``--only CRIT:REC[:ALLOC]`` (repeatable; ALLOC ``global`` or ``sensitivity``) runs just
+those MiniLM settings, and prints the time of each stage and pass of each;
+``--no-digits`` / ``--no-minilm`` skip a part.
+
+3. ``--curve``: MiniLM at 25%, 50% and 65% of its MACs removed (``--target-macs``), for the
+   ``--only`` settings (default ``obs`` + ``block`` with ``--global`` and with
+   ``--allocate sensitivity``) and ``l2`` + ``none``: mean cosine, NN agreement and the
+   speedup over the original measured in ONNX Runtime in the same run (1 thread, 16
+   sentences x 128 tokens), against the issue's targets (50%: cos >= 0.87 and NN >= 0.70;
+   25%: cos >= 0.95). The curves are drawn with ``graphprune sweep``'s plot
+   (``--plot``, default ``docs/quality_curve.png``; needs matplotlib).
 """
 
 from __future__ import annotations

@@ -55,8 +55,9 @@ def render(rows: list[dict], title: str, latency_label: str = "latency (ms, medi
                     zorder=2,
                 )
             names = list(dict.fromkeys(r["series"] for r in pruned if "series" in r))
-            for i, name in enumerate(names):
-                line = sorted((r for r in pruned if r.get("series") == name), key=lambda r: r[key])
+            for i, series in enumerate(names):
+                line = [r for r in pruned if r.get("series") == series]
+                line.sort(key=lambda r: r[key])
                 ax.plot(
                     [r[key] for r in line],
                     [r["quality"] for r in line],
@@ -64,7 +65,7 @@ def render(rows: list[dict], title: str, latency_label: str = "latency (ms, medi
                     color=SERIES_COLOURS[i % len(SERIES_COLOURS)],
                     markersize=5,
                     linewidth=1.6,
-                    label=name,
+                    label=series,
                     zorder=3,
                 )
             if front:

@@ -123,6 +123,33 @@ def test_plot_is_a_real_png_and_svg(base):
     assert "digits_cnn.onnx" in (base[0] / "sweep.svg").read_text()
 
 
+def test_plot_draws_named_series_as_lines():
+    """A benchmark's curves (rows with a "series") are one labelled line each, in order of
+    x, on both panels, and the latency axis takes the caller's label."""
+    from graphprune.plot import render
+
+    rows = [{"id": "original", "status": "ok", "quality": 1.0, "latency_ms": 1.0, "macs_kept": 1.0}]
+    for k, (series, q, lat) in enumerate(
+        [("a", 0.9, 0.8), ("a", 0.6, 0.4), ("b", 0.7, 0.5), ("a", 0.8, 0.6)]
+    ):
+        rows.append(
+            {"id": f"p{k}", "status": "ok", "series": series, "quality": q,
+             "latency_ms": lat, "macs_kept": lat}
+        )  # fmt: skip
+    fig = render(rows, "curve", latency_label="latency (fraction)")
+    try:
+        for ax in fig.axes:
+            lines = {ln.get_label(): ln for ln in ax.get_lines()}
+            assert set(lines) == {"a", "b"}
+            assert list(lines["a"].get_xdata()) == [0.4, 0.6, 0.8]
+            assert list(lines["a"].get_ydata()) == [0.6, 0.8, 0.9]
+        assert fig.axes[0].get_xlabel() == "latency (fraction)"
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def test_rerun_reuses_every_row(base, tmp_path, monkeypatch):
     out = _copy(base[0], tmp_path)
 
