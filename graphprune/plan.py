@@ -40,7 +40,7 @@ class Plan:
     #: auto`` adds "round_to", the multiple it resolved to
     budget: dict = field(default_factory=dict)
     #: ``--allocate sensitivity``: group key -> [[units removed, measured loss], ...], the
-    #: loss being the relative squared change of the outputs with that group alone cut
+    #: loss being the outputs' change with that group alone cut (``graphprune.sensitivity``)
     sensitivity: dict = field(default_factory=dict)
     #: input sizes MACs and parity were taken at (a replay without --input-shape reuses them)
     input_shapes: dict[str, list[int]] = field(default_factory=dict)

@@ -25,6 +25,8 @@ import logging
 import numpy as np
 import onnx
 
+from .allocate import n_remove
+from .passes.mask_units import mask_feeds, switchable_masks
 from .progress import advance
 from .validate import session
 
@@ -70,8 +72,6 @@ def _change(base: list[list[np.ndarray]], new: list[list[np.ndarray]]) -> float:
 def measure(model: onnx.ModelProto, allocator, feeds: list[dict]) -> dict[int, list]:
     """Group id -> [(units removed, loss), ...] for every free group of ``allocator``
     (``graphprune.allocate.Allocator``: its groups, score order and rounding)."""
-    from graphprune.passes.mask_units import mask_feeds, switchable_masks
-
     analysis, opts = allocator.analysis, allocator.opts
     free = allocator.free
     if not free:
@@ -89,8 +89,6 @@ def measure(model: onnx.ModelProto, allocator, feeds: list[dict]) -> dict[int, l
 
     base = run(ones)
     energy = _change(base, [[np.zeros_like(o) for o in outs] for outs in base]) or 1.0
-    from .allocate import n_remove
-
     curves: dict[int, list] = {}
     total = len(free) * len(FRACTIONS)
     for i, g in enumerate(free):

@@ -41,8 +41,7 @@ def _operand(node: gs.Node, act) -> int | None:
 def masked_graph(removal: Removal) -> tuple[gs.Graph, dict[int, gs.Node]]:
     """The masked copy of the graph, and ``id(original node) -> its copy``."""
     graph = removal.analysis.graph
-    copy = graph.copy()
-    node_map = {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
+    copy, node_map = _copy(graph)
     on_disk = weights.on_disk(graph)
     for k, (node, slot, axis, d, act) in enumerate(removal.analysis.contractions):
         idx = removal.of_dim(d)
@@ -67,6 +66,12 @@ def masked_graph(removal: Removal) -> tuple[gs.Graph, dict[int, gs.Node]]:
             _multiply(copy, target, slot, gs.Constant(f"{src.name}_unitmask{k}", mask), k)
     copy.cleanup(remove_unused_graph_inputs=False).toposort()
     return copy, node_map
+
+
+def _copy(graph: gs.Graph) -> tuple[gs.Graph, dict[int, gs.Node]]:
+    """A copy of ``graph`` and ``id(original node) -> its copy``."""
+    copy = graph.copy()
+    return copy, {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
 
 
 def _mask_shape(rank: int, axis: int, size: int) -> list[int]:
@@ -104,9 +109,7 @@ def switchable_masks(analysis: Analysis, dims) -> tuple[onnx.ModelProto, list[Ma
     """A copy of the model in which every contraction point of ``dims`` is multiplied by
     a mask fed as a graph input, so that one ONNX Runtime session runs the model with any
     units of those dims removed (``mask_feeds``). Weights are multiplied too, not copied."""
-    graph = analysis.graph
-    copy = graph.copy()
-    node_map = {id(a): b for a, b in zip(graph.nodes, copy.nodes, strict=True)}
+    copy, node_map = _copy(analysis.graph)
     wanted = {id(d) for d in dims}
     sites = []
     for k, (node, slot, axis, d, _) in enumerate(analysis.contractions):
